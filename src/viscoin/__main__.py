@@ -1,0 +1,5 @@
+import sys
+
+from viscoin.cli import main
+
+sys.exit(main())
