@@ -1,0 +1,157 @@
+"""The `viscoin` command line.
+
+    viscoin generator import IN.pkl OUT_DIR [--which G_ema|G|D]
+    viscoin generator sample --generator PATH --seeds 0-15 [--truncation 0.7] --out grid.png [--ws-out ws.safetensors]
+    viscoin generator info PATH
+
+Each subcommand is a function `cmd_*(args)`; errors the user can fix are printed as one line
+(`viscoin: error: ...`) with exit status 2, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import sys
+from pathlib import Path
+
+import torch
+
+import viscoin
+from viscoin.utils.config import ConfigError
+from viscoin.utils.io import CheckpointError
+
+USER_ERRORS = (ValueError, CheckpointError, ConfigError, FileNotFoundError, pickle.UnpicklingError)
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda if available else cpu; otherwise the named device, checked."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"--device: {exc}") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    return device
+
+
+# ---------------------------------------------------------------------------------------------
+# viscoin generator ...
+
+
+def cmd_generator_import(args: argparse.Namespace) -> int:
+    from viscoin.stylegan.checkpoint import import_official
+
+    out = import_official(args.pkl, args.out_dir, which=args.which)
+    print(f"wrote {args.which} of {args.pkl} to {out}/ (config.json + weights.safetensors)")
+    return 0
+
+
+def cmd_generator_sample(args: argparse.Namespace) -> int:
+    from viscoin.stylegan.checkpoint import load_generator
+    from viscoin.stylegan.sampling import parse_seeds, sample
+    from viscoin.utils.images import image_grid, save_image, to_uint8
+    from viscoin.utils.io import save_tensors
+
+    seeds = parse_seeds(args.seeds)
+    device = resolve_device(args.device)
+    G = load_generator(args.generator, device=device, which=args.which)
+    images, ws = sample(
+        G,
+        seeds,
+        truncation_psi=args.truncation,
+        truncation_cutoff=args.truncation_cutoff,
+        class_idx=args.class_idx,
+        noise_mode=args.noise_mode,
+        batch_size=args.batch_size,
+        fp16=args.fp16,
+    )
+    grid = image_grid(to_uint8(images), ncols=args.cols, pad=args.pad)
+    save_image(args.out, grid)
+    print(f"wrote {len(seeds)} images ({G.img_resolution}x{G.img_resolution}) as a grid to {args.out}")
+    if args.ws_out:
+        save_tensors(
+            args.ws_out,
+            {"ws": ws, "seeds": torch.tensor(seeds, dtype=torch.int64)},
+            metadata={"truncation_psi": str(args.truncation), "generator": str(args.generator)},
+        )
+        print(f"wrote W+ latents {list(ws.shape)} to {args.ws_out}")
+    return 0
+
+
+def cmd_generator_info(args: argparse.Namespace) -> int:
+    from viscoin.stylegan.checkpoint import load_discriminator, load_generator, read_checkpoint_info
+
+    path = Path(args.path)
+    is_pkl = path.suffix.lower() in (".pkl", ".pickle")
+    kind = "generator" if is_pkl else read_checkpoint_info(path)["network"]
+    net = load_generator(path) if kind == "generator" else load_discriminator(path)
+    n_params = sum(p.numel() for p in net.parameters())
+    summary = {"network": kind, "parameters": n_params, "config": net.config.to_dict()}
+    if kind == "generator":
+        summary.update(num_ws=net.num_ws, w_dim=net.w_dim, z_dim=net.z_dim, img_resolution=net.img_resolution)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="viscoin",
+        description="VisCoIN: interpretable image classification with concepts visualised by StyleGAN2.",
+    )
+    parser.add_argument("--version", action="version", version=f"viscoin {viscoin.__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    gen = sub.add_parser("generator", help="StyleGAN2 generators: import official checkpoints, sample")
+    gsub = gen.add_subparsers(dest="generator_command", required=True, metavar="SUBCOMMAND")
+
+    p = gsub.add_parser(
+        "import",
+        help="convert an official stylegan2-ada-pytorch .pkl to viscoin's format (safely: no code is run)",
+    )
+    p.add_argument("pkl", type=Path, help="official network pickle (network-snapshot-*.pkl, ffhq.pkl, ...)")
+    p.add_argument("out_dir", type=Path, help="output folder (config.json + weights.safetensors)")
+    p.add_argument("--which", choices=["G_ema", "G", "D"], default="G_ema", help="network to convert (default: G_ema)")
+    p.set_defaults(func=cmd_generator_import)
+
+    p = gsub.add_parser("sample", help="write an image grid from a generator at given seeds")
+    p.add_argument("--generator", required=True, type=Path, help="viscoin generator folder or official .pkl")
+    p.add_argument("--seeds", default="0-15", help="seeds, e.g. '0-15' or '1,5,9-12' (default: 0-15)")
+    p.add_argument("--truncation", type=float, default=1.0, help="truncation psi (default: 1 = none)")
+    p.add_argument("--truncation-cutoff", type=int, default=None, help="truncate only the first N ws")
+    p.add_argument("--class", dest="class_idx", type=int, default=None, help="class index (conditional generators)")
+    p.add_argument("--noise-mode", choices=["const", "random", "none"], default="const", help="noise inputs (default: const)")
+    p.add_argument("--out", required=True, type=Path, help="output image (.png or .jpg)")
+    p.add_argument("--ws-out", type=Path, default=None, help="also save the W+ latents (safetensors: ws, seeds)")
+    p.add_argument("--cols", type=int, default=None, help="grid columns (default: square)")
+    p.add_argument("--pad", type=int, default=0, help="pixels between grid cells")
+    p.add_argument("--which", choices=["G_ema", "G"], default="G_ema", help="network of an official .pkl")
+    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
+    p.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', 'cuda:1', ... (default: auto)")
+    p.add_argument("--fp16", action="store_true", help="float16 in the high-resolution blocks (CUDA)")
+    p.set_defaults(func=cmd_generator_sample)
+
+    p = gsub.add_parser("info", help="print a network's config and size")
+    p.add_argument("path", type=Path, help="viscoin network folder or official .pkl")
+    p.set_defaults(func=cmd_generator_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except USER_ERRORS as exc:
+        print(f"viscoin: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
