@@ -72,8 +72,6 @@ def config_from_dict(cls: type[T], data: Any, where: str = "config") -> T:
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
-        if isinstance(exc, ConfigError):
-            raise
         raise ConfigError(f"{where}: {exc}") from exc
 
 
