@@ -189,7 +189,7 @@ def test_wrong_configs_give_clear_errors(tmp_path):
     with pytest.raises(CheckpointError, match="not valid JSON"):
         load_network(tmp_path / "e")
 
-    with pytest.raises(CheckpointError, match="not a viscoin StyleGAN2 checkpoint"):
+    with pytest.raises(CheckpointError, match="not a viscoin.stylegan2 checkpoint"):
         load_network(tmp_path / "nowhere")
 
 

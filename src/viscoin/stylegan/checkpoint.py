@@ -1,10 +1,6 @@
-"""viscoin's own StyleGAN2 checkpoint format: a folder with ``config.json`` + ``weights.safetensors``.
-
-No pickle anywhere. ``config.json`` holds the format tag, the network kind, its typed config,
-the SHA-256 of the weights file (so a truncated or swapped weights file is detected), where
-the network came from, and free-form extras (for example ADA's augmentation probability).
-The weights file is written first and ``config.json`` last, each atomically, so a folder with a
-``config.json`` is always complete.
+"""viscoin's own StyleGAN2 checkpoints: a folder with ``config.json`` + ``weights.safetensors``
+(`viscoin.utils.checkpoint`, format tag ``viscoin.stylegan2``). Extras may hold, for example,
+ADA's augmentation probability.
 
 `load_generator` / `load_discriminator` also accept an official stylegan2-ada-pytorch ``.pkl``
 wherever a network is expected; it is read by the restricted loader in `official.py`.
@@ -22,20 +18,17 @@ from viscoin.stylegan.config import DiscriminatorConfig, GeneratorConfig
 from viscoin.stylegan.discriminator import Discriminator
 from viscoin.stylegan.generator import Generator
 from viscoin.utils.config import ConfigError
-from viscoin.utils.io import (
-    CheckpointError,
-    copy_named_tensors,
-    load_tensors,
-    read_json,
-    save_tensors,
-    sha256_file,
-    write_json,
+from viscoin.utils.checkpoint import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    load_checkpoint_tensors,
+    read_checkpoint_folder_info,
+    save_checkpoint_folder,
 )
+from viscoin.utils.io import CheckpointError, copy_named_tensors, sha256_file
 
 FORMAT = "viscoin.stylegan2"
-FORMAT_VERSION = 1
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "weights.safetensors"
+_HINT = "expected a folder written by `viscoin generator import` or an official stylegan2-ada-pytorch .pkl"
 
 _KINDS: dict[str, tuple[type, type]] = {
     "generator": (Generator, GeneratorConfig),
@@ -58,48 +51,14 @@ def save_network(
 ) -> Path:
     """Save `module` (its config and every parameter and buffer) to the folder `out_dir`."""
     kind = _kind_of(module)
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise CheckpointError(f"output {out_dir} exists and is not a folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    weights_path = out_dir / WEIGHTS_NAME
-    save_tensors(weights_path, module.state_dict(), metadata={"format": FORMAT, "network": kind})
-    write_json(
-        out_dir / CONFIG_NAME,
-        {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "network": kind,
-            "config": module.config.to_dict(),
-            "weights": WEIGHTS_NAME,
-            "weights_sha256": sha256_file(weights_path),
-            "source": source or {},
-            "extra": extra or {},
-        },
+    return save_checkpoint_folder(
+        out_dir, FORMAT, kind, module.config.to_dict(), module.state_dict(), source=source, extra=extra
     )
-    return out_dir
 
 
 def read_checkpoint_info(path: str | os.PathLike) -> dict[str, Any]:
-    """The parsed ``config.json`` of a checkpoint folder (or of the JSON file itself), validated."""
-    path = Path(path)
-    cfg_path = path / CONFIG_NAME if path.is_dir() else path
-    if not cfg_path.exists():
-        raise CheckpointError(
-            f"{path}: not a viscoin StyleGAN2 checkpoint (no {CONFIG_NAME}); expected a folder written by "
-            "`viscoin generator import` or an official stylegan2-ada-pytorch .pkl"
-        )
-    info = read_json(cfg_path, "checkpoint config")
-    if not isinstance(info, dict) or info.get("format") != FORMAT:
-        raise CheckpointError(f"{cfg_path}: expected \"format\": \"{FORMAT}\", got {info.get('format') if isinstance(info, dict) else info!r}")
-    if info.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{cfg_path}: format_version {info.get('format_version')!r} is not supported (this viscoin reads {FORMAT_VERSION})"
-        )
-    if info.get("network") not in _KINDS:
-        raise CheckpointError(f"{cfg_path}: \"network\" must be one of {sorted(_KINDS)}, got {info.get('network')!r}")
-    info["_dir"] = str(cfg_path.parent)
-    return info
+    """The parsed ``config.json`` of a StyleGAN2 checkpoint folder, validated."""
+    return read_checkpoint_folder_info(path, FORMAT, _KINDS, hint=_HINT)
 
 
 def load_network(
@@ -118,18 +77,9 @@ def load_network(
         config = config_cls.from_dict(info.get("config"), where=f"{cfg_path}: config")
     except ConfigError as exc:
         raise CheckpointError(str(exc)) from exc
-    weights_path = Path(info["_dir"]) / str(info.get("weights", WEIGHTS_NAME))
-    if not weights_path.is_file():
-        raise CheckpointError(f"{cfg_path}: its weights file {weights_path} is missing")
-    expected_sha = info.get("weights_sha256")
-    if expected_sha is not None and sha256_file(weights_path) != expected_sha:
-        raise CheckpointError(
-            f"{weights_path}: SHA-256 does not match the one recorded in {cfg_path}; "
-            "the weights file is truncated, corrupt or from another checkpoint"
-        )
-    tensors = load_tensors(weights_path)
+    tensors = load_checkpoint_tensors(info)
     module = module_cls(config)
-    copy_named_tensors(module, tensors, where=str(weights_path))
+    copy_named_tensors(module, tensors, where=str(Path(info["_dir"]) / WEIGHTS_NAME))
     return module.to(device)
 
 

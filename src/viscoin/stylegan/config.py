@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from viscoin.utils.config import ConfigError, config_from_dict, config_to_dict
+from viscoin.utils.config import ConfigError, DictConfig, config_from_dict
 
 Activation = Literal["linear", "relu", "lrelu", "tanh", "sigmoid", "elu", "selu", "softplus", "swish"]
 
@@ -74,7 +74,7 @@ class SynthesisConfig:
 
 
 @dataclass(frozen=True)
-class GeneratorConfig:
+class GeneratorConfig(DictConfig):
     """StyleGAN2 generator G = synthesis(mapping(z, c))."""
 
     z_dim: int = 512                             # input latent size (0 allowed when c_dim > 0)
@@ -102,13 +102,6 @@ class GeneratorConfig:
     def channels(self, res: int) -> int:
         """Channel count of the block at resolution `res`."""
         return min(self.synthesis.channel_base // res, self.synthesis.channel_max)
-
-    def to_dict(self) -> dict[str, Any]:
-        return config_to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = "generator config") -> GeneratorConfig:
-        return config_from_dict(cls, data, where)
 
     @classmethod
     def from_official(cls, init_kwargs: dict[str, Any], where: str = "G init_kwargs") -> GeneratorConfig:
@@ -177,7 +170,7 @@ class EpilogueConfig:
 
 
 @dataclass(frozen=True)
-class DiscriminatorConfig:
+class DiscriminatorConfig(DictConfig):
     """StyleGAN2 discriminator (official default: 'resnet' architecture)."""
 
     c_dim: int = 0                               # conditioning label size (0: unconditional)
@@ -211,13 +204,6 @@ class DiscriminatorConfig:
         if self.c_dim == 0:
             return 0
         return self.channels(4) if self.cmap_dim is None else self.cmap_dim
-
-    def to_dict(self) -> dict[str, Any]:
-        return config_to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = "discriminator config") -> DiscriminatorConfig:
-        return config_from_dict(cls, data, where)
 
     @classmethod
     def from_official(cls, init_kwargs: dict[str, Any], where: str = "D init_kwargs") -> DiscriminatorConfig:

@@ -19,6 +19,17 @@ class ConfigError(ValueError):
     """A config value or key is invalid. The message names the key and what was expected."""
 
 
+class DictConfig:
+    """Mixin for config dataclasses: `to_dict()` and strict `from_dict(data, where)`."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return config_to_dict(self)
+
+    @classmethod
+    def from_dict(cls: type[T], data: Any, where: str | None = None) -> T:
+        return config_from_dict(cls, data, where or f"{cls.__name__} config")
+
+
 def config_to_dict(cfg: Any) -> dict[str, Any]:
     """Plain, JSON-serialisable dict of a config dataclass (tuples become lists)."""
     if not dataclasses.is_dataclass(cfg):

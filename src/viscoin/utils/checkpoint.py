@@ -1,0 +1,96 @@
+"""Module checkpoints in viscoin's format: a folder with ``config.json`` + ``weights.safetensors``.
+
+No pickle anywhere. ``config.json`` holds a format tag (one per model family, e.g.
+``viscoin.stylegan2``), the network kind, its typed config, the SHA-256 of the weights file (so a
+truncated or swapped weights file is detected), where the network came from, and free-form
+extras. The weights file is written first and ``config.json`` last, each atomically, so a folder
+with a ``config.json`` is always complete.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Collection, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from viscoin.utils.io import CheckpointError, load_tensors, read_json, save_tensors, sha256_file, write_json
+
+FORMAT_VERSION = 1
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "weights.safetensors"
+
+
+def save_checkpoint_folder(
+    out_dir: str | os.PathLike,
+    fmt: str,                                   # format tag of the model family
+    network: str,                               # kind of network inside the family
+    config: dict[str, Any],                     # the network's config as a plain dict
+    tensors: Mapping[str, torch.Tensor],        # every parameter and buffer to save
+    source: dict[str, Any] | None = None,       # provenance (files it came from and their hashes)
+    extra: dict[str, Any] | None = None,        # anything else worth keeping (JSON-serialisable)
+) -> Path:
+    """Write a checkpoint folder; returns its path."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CheckpointError(f"output {out_dir} exists and is not a folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    weights_path = out_dir / WEIGHTS_NAME
+    save_tensors(weights_path, tensors, metadata={"format": fmt, "network": network})
+    write_json(
+        out_dir / CONFIG_NAME,
+        {
+            "format": fmt,
+            "format_version": FORMAT_VERSION,
+            "network": network,
+            "config": config,
+            "weights": WEIGHTS_NAME,
+            "weights_sha256": sha256_file(weights_path),
+            "source": source or {},
+            "extra": extra or {},
+        },
+    )
+    return out_dir
+
+
+def read_checkpoint_folder_info(
+    path: str | os.PathLike,
+    fmt: str,                      # expected format tag
+    networks: Collection[str],     # accepted network kinds
+    hint: str = "",                # how such a checkpoint is made, for the error message
+) -> dict[str, Any]:
+    """The validated ``config.json`` of a checkpoint folder (or the JSON file itself), plus ``_dir``."""
+    path = Path(path)
+    cfg_path = path / CONFIG_NAME if path.is_dir() else path
+    if not cfg_path.exists():
+        raise CheckpointError(f"{path}: not a {fmt} checkpoint (no {CONFIG_NAME}){'; ' + hint if hint else ''}")
+    info = read_json(cfg_path, "checkpoint config")
+    got = info.get("format") if isinstance(info, dict) else info
+    if not isinstance(info, dict) or got != fmt:
+        raise CheckpointError(f'{cfg_path}: expected "format": "{fmt}", got {got!r}')
+    if info.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{cfg_path}: format_version {info.get('format_version')!r} is not supported "
+            f"(this viscoin reads {FORMAT_VERSION})"
+        )
+    if info.get("network") not in networks:
+        raise CheckpointError(f'{cfg_path}: "network" must be one of {sorted(networks)}, got {info.get("network")!r}')
+    info["_dir"] = str(cfg_path.parent)
+    return info
+
+
+def load_checkpoint_tensors(info: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint folder described by `info`, after checking the recorded SHA-256."""
+    cfg_path = Path(info["_dir"]) / CONFIG_NAME
+    weights_path = Path(info["_dir"]) / str(info.get("weights", WEIGHTS_NAME))
+    if not weights_path.is_file():
+        raise CheckpointError(f"{cfg_path}: its weights file {weights_path} is missing")
+    expected_sha = info.get("weights_sha256")
+    if expected_sha is not None and sha256_file(weights_path) != expected_sha:
+        raise CheckpointError(
+            f"{weights_path}: SHA-256 does not match the one recorded in {cfg_path}; "
+            "the weights file is truncated, corrupt or from another checkpoint"
+        )
+    return load_tensors(weights_path)
