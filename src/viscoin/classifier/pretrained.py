@@ -1,0 +1,148 @@
+"""ImageNet initialisation of the classifier (method.md, "Pretraining": `f` is an
+ImageNet-initialised ResNet fine-tuned on the task) -- from local files only.
+
+viscoin never downloads: the weights come from ``classifier.weights_path`` (a ``.pth`` read with
+``torch.load(weights_only=True)``, or a ``.safetensors`` file) or, when that is unset, from
+torchvision's cache, ``torch.hub.get_dir()/checkpoints/<file name of torchvision's release>``
+(the place torchvision itself would download to). A missing file gives a `FileNotFoundError`
+that says which URL to fetch and where to put it. The ImageNet head (``fc.*``, 1000 classes) is
+dropped: the model keeps its own C-class head.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+import torch
+
+from viscoin.utils.io import CheckpointError, copy_named_tensors, load_tensors
+
+if TYPE_CHECKING:
+    from viscoin.classifier.model import Classifier
+
+
+def imagenet_weights_url(arch: str, release: str) -> str:
+    """torchvision's download URL of `release` (e.g. ``IMAGENET1K_V1``) for `arch` (no network access)."""
+    from torchvision.models import get_model_weights
+
+    try:
+        return str(get_model_weights(arch)[release].url)
+    except (KeyError, ValueError) as exc:
+        raise ValueError(f"torchvision has no {release!r} ImageNet weights for {arch!r}") from exc
+
+
+def imagenet_cache_path(arch: str, release: str) -> Path:
+    """Where torchvision caches `release` of `arch`: ``torch.hub.get_dir()/checkpoints/<file name>``."""
+    filename = os.path.basename(urlparse(imagenet_weights_url(arch, release)).path)
+    return Path(torch.hub.get_dir()) / "checkpoints" / filename
+
+
+def imagenet_weights_file(arch: str, release: str, weights_path: str | None) -> Path:
+    """The ImageNet weights file to read: `weights_path` if given, else torchvision's cache file."""
+    if weights_path is not None:
+        return Path(weights_path).expanduser()
+    return imagenet_cache_path(arch, release)
+
+
+def _missing_message(arch: str, release: str, path: Path, explicit: bool) -> str:
+    url = imagenet_weights_url(arch, release)
+    cache = imagenet_cache_path(arch, release)
+    if explicit:
+        return (
+            f"ImageNet weights for {arch} not found: classifier.weights_path = {path} does not exist. "
+            f"viscoin never downloads; fetch {url} (torchvision's {release} weights) and put it at {path}, "
+            f"or unset classifier.weights_path to use torchvision's cache file {cache}"
+        )
+    return (
+        f"ImageNet weights for {arch} ({release}) not found: expected torchvision's cache file {path} "
+        f"(file {path.name} in folder {path.parent}). viscoin never downloads; fetch {url} and put it "
+        f"there (for example: mkdir -p {path.parent} && curl -L -o {path} {url}), or set the config "
+        f"option classifier.weights_path to a local copy (.pth or .safetensors). "
+        f"(The folder follows torch.hub.get_dir(): $TORCH_HOME/hub, default ~/.cache/torch/hub.)"
+    )
+
+
+def read_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Tensors of a ``.safetensors`` file or a ``.pth`` state dict (``torch.load(weights_only=True)``).
+
+    A ``.pth`` holding ``{"state_dict": ...}`` or ``{"model": ...}`` is unwrapped, and a
+    ``module.`` prefix (DataParallel) is stripped. Anything else gives a `CheckpointError`
+    naming the file.
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".safetensors":
+        return load_tensors(path)
+    try:
+        obj: Any = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, AttributeError) as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        unsafe = next((ln for ln in lines if "Unsupported global" in ln), None)
+        if unsafe is not None:
+            raise CheckpointError(
+                f"{path}: holds objects other than tensors; refused (viscoin reads state dicts with "
+                f"torch.load(weights_only=True) only): {unsafe[:300]}"
+            ) from exc
+        detail = next((ln for ln in lines if "Unsupported" in ln), lines[0] if lines else repr(exc))
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch state dict (truncated or corrupt?): "
+            f"{type(exc).__name__}: {detail[:300]}"
+        ) from exc
+    if isinstance(obj, Mapping) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        for key in ("state_dict", "model"):
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not obj or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    ):
+        raise CheckpointError(
+            f"{path}: expected a state dict (a mapping of names to tensors), got {type(obj).__name__}"
+        )
+    tensors = dict(obj)
+    if all(k.startswith("module.") for k in tensors):
+        tensors = {k[len("module."):]: v for k, v in tensors.items()}
+    return tensors
+
+
+def load_imagenet_weights(model: Classifier) -> None:
+    """Initialise `model`'s backbone from torchvision's ImageNet weights, read from a local file.
+
+    The file is ``model.config.weights_path`` or, if unset, torchvision's cache file of
+    ``model.config.imagenet_weights`` for ``model.config.arch``. Its ``fc.*`` entries (the
+    1000-class head) are dropped; everything else must match the backbone by name and shape
+    (BatchNorm's ``num_batches_tracked`` may be absent, as in torchvision's older files).
+    Records ``model.imagenet_source = {"imagenet_weights_file": ..., "release": ...}``.
+
+    Raises `FileNotFoundError` (message: expected path, download URL, ``classifier.weights_path``)
+    when the file is missing, and `CheckpointError` naming the file and the offending keys when it
+    is not a matching state dict.
+    """
+    cfg = model.config
+    path = imagenet_weights_file(cfg.arch, cfg.imagenet_weights, cfg.weights_path)
+    if not path.is_file():
+        raise FileNotFoundError(_missing_message(cfg.arch, cfg.imagenet_weights, path, cfg.weights_path is not None))
+    tensors = read_state_dict_file(path)
+    net = model.net
+    own = net.state_dict()
+    backbone = {k: v for k, v in tensors.items() if not k.startswith("fc.")}
+    # The new head keeps its own initialisation; old torchvision files lack num_batches_tracked.
+    for name, value in own.items():
+        if name.startswith("fc.") or (name.endswith("num_batches_tracked") and name not in backbone):
+            backbone[name] = value
+    where = f"ImageNet weights file {path}"
+    try:
+        copy_named_tensors(net, backbone, where=where)
+    except CheckpointError as exc:
+        raise CheckpointError(
+            f"{exc}. Expected torchvision's {cfg.arch} ImageNet state dict (classifier.arch = {cfg.arch!r}); "
+            f"check classifier.weights_path / classifier.arch"
+        ) from exc
+    model.imagenet_source = {
+        "imagenet_weights_file": str(path),
+        "release": cfg.imagenet_weights if cfg.weights_path is None else None,
+    }
