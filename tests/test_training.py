@@ -151,3 +151,22 @@ def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
         save_train_state(root, 2, {"w": torch.ones(2)}, "")
     assert latest_checkpoint(root).name == "step-000000001"
     assert not any(p.name.startswith(".step") for p in root.iterdir())
+
+
+def test_runner_keeps_frozen_networks_in_eval_mode_and_out_of_optimisers(tmp_path):
+    from viscoin.training.runner import Runner
+
+    run = RunConfig(out_dir=str(tmp_path / "r"), accelerator="cpu", progress=False)
+    runner = Runner(run, Outer(run=run), loggers=False)
+    frozen = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)).train()
+    before = frozen[1].running_mean.clone()
+    frozen = runner.to_device(frozen)
+    assert not frozen.training and not any(p.requires_grad for p in frozen.parameters())
+    frozen(torch.randn(2, 3, 8, 8))
+    assert torch.equal(frozen[1].running_mean, before)  # BatchNorm statistics never move
+    assert (tmp_path / "r" / "config.yaml").is_file()
+    # Seeding is a function of (seed, rank, step) only.
+    runner.seed_step(5)
+    a = torch.rand(3)
+    runner.seed_step(5)
+    assert torch.equal(a, torch.rand(3))

@@ -106,8 +106,7 @@ def cmd_classifier_train(args: argparse.Namespace) -> int:
     from viscoin.training.config import load_config
 
     cfg = load_config(ClassifierTrainConfig, args.config, args.overrides, family="classifier")
-    result = train_classifier(cfg, resume=args.resume)
-    print(f"test accuracy: {100 * result['test_accuracy']:.2f}% ({result['test_count']} images)")
+    train_classifier(cfg, resume=args.resume)  # prints its own summary (on the main process only)
     return 0
 
 
