@@ -125,6 +125,19 @@ def cmd_classifier_test(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# viscoin train
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from viscoin.model.train import VisCoINTrainConfig, train_viscoin
+    from viscoin.training.config import load_config
+
+    cfg = load_config(VisCoINTrainConfig, args.config, args.overrides, family="viscoin")
+    train_viscoin(cfg, resume=args.resume)  # prints its own summary (on the main process only)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -191,6 +204,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, default=None, help="also write the result as JSON")
     p.set_defaults(func=cmd_classifier_test)
+
+    p = sub.add_parser(
+        "train",
+        help="train VisCoIN (Ψ, Θ, Ω) on a frozen classifier and generator (--config cub | cars | celebahq | tiny)",
+        description="Train VisCoIN. Any config field can be overridden: KEY=VALUE, e.g. data.root=/data/CUB_200_2011 "
+        "classifier=runs/f-cub/classifier generator=nets/cub-G model.num_concepts=128 run.devices=4",
+    )
+    p.add_argument("--config", required=True, help="YAML file, or a shipped config: cub, cars, celebahq, tiny")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in run.out_dir")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (dotted keys)")
+    p.set_defaults(func=cmd_train)
     return parser
 
 

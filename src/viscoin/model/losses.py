@@ -1,0 +1,80 @@
+"""VisCoIN's training objective, eqs. 2-5 of ``shared/docs/method.md``.
+
+    L = L_of + L_rec + L_reg
+    L_of  = α · CE(g(x), f(x))                                   soft targets: f's probabilities
+    L_rec = ‖x − x̃‖²₂ + ‖x − x̃‖₁ + β · LPIPS(x, x̃) + γ · CE(f(x̃), f(x))
+    L_reg = δ · ‖Φ(x)‖₁ + L_orth + ‖Ω(Φ(x), Φ'(x))‖²₂
+
+Reductions (ours where the paper is silent): the pixel terms are means over pixels and channels;
+the L1 of Φ and the squared norm of Ω's offsets are means over their entries; every term is then
+averaged over the batch. Each term is returned separately for logging; `total` is their sum.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from viscoin.utils.config import ConfigError, DictConfig
+
+
+@dataclass(frozen=True)
+class LossConfig(DictConfig):
+    """Loss weights (paper table 3) and switches."""
+
+    alpha: float = 0.5                   # output fidelity
+    beta: float = 3.0                    # perceptual (LPIPS)
+    gamma: float = 0.1                   # reconstruction-classification CE(f(x̃), f(x))
+    delta: float = 0.2                   # sparsity of Φ
+    l2: float = 1.0                      # pixel L2 (paper: 1)
+    l1: float = 1.0                      # pixel L1 (paper: 1)
+    orthogonality: bool = True           # L_orth on Ψ's concept conv (ablation: False)
+    latent: float = 1.0                  # weight of ‖Ω offsets‖² (paper: 1)
+    perceptual: Literal["lpips", "classifier"] = "lpips"  # LPIPS-VGG (paper) or distances on f's taps (offline)
+    lpips_vgg_path: str | None = None    # VGG16 ImageNet weights for LPIPS; None -> torchvision's cache
+
+    def __post_init__(self) -> None:
+        for name in ("alpha", "beta", "gamma", "delta", "l2", "l1", "latent"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"loss.{name}: expected >= 0, got {getattr(self, name)}")
+
+
+def soft_cross_entropy(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
+    """−Σ_c p_c log softmax(logits)_c per sample [N]."""
+    return -(target_probs * F.log_softmax(logits.float(), dim=1)).sum(dim=1)
+
+
+def viscoin_losses(
+    out: dict[str, torch.Tensor],          # VisCoIN.forward(x)
+    x: torch.Tensor,                       # the inputs [N, 3, R, R]
+    cfg: LossConfig,
+    perceptual: torch.nn.Module | None,    # per-sample distance [N] (None when beta = 0)
+    orthogonality: torch.Tensor | None,    # Ψ's L_orth (None when switched off)
+) -> dict[str, torch.Tensor]:
+    """Every term of eqs. 2-5 (batch means), and `total`."""
+    p_f = out["feats"]["logits"].float().softmax(dim=1).detach()      # f(x), frozen target
+    x_rec = out["x_rec"].float()
+    x = x.float()
+    terms: dict[str, torch.Tensor] = {}
+    terms["output_fidelity"] = cfg.alpha * soft_cross_entropy(out["logits_g"], p_f).mean()
+    terms["rec_l2"] = cfg.l2 * (x - x_rec).square().mean()
+    terms["rec_l1"] = cfg.l1 * (x - x_rec).abs().mean()
+    if cfg.beta > 0:
+        assert perceptual is not None
+        from viscoin.model.perceptual import ClassifierFeatureDistance
+
+        if isinstance(perceptual, ClassifierFeatureDistance):  # reuse f's features of x and x̃
+            dist = perceptual(x, x_rec, feats_x=out["feats"], feats_y=out["feats_rec"])
+        else:
+            dist = perceptual(x, x_rec)
+        terms["rec_perceptual"] = cfg.beta * dist.float().mean()
+    terms["rec_classification"] = cfg.gamma * soft_cross_entropy(out["feats_rec"]["logits"], p_f).mean()
+    terms["sparsity"] = cfg.delta * out["phi"].float().abs().mean()
+    if orthogonality is not None:
+        terms["orthogonality"] = orthogonality.float()
+    terms["latent"] = cfg.latent * out["offsets"].float().square().mean()
+    terms["total"] = torch.stack(list(terms.values())).sum()
+    return terms

@@ -1,0 +1,169 @@
+"""The VisCoIN model: shapes, gradients, frozen parts, losses, Ω's linearity, checkpoints."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from viscoin.classifier.model import Classifier, ClassifierConfig
+from viscoin.model import LossConfig, VisCoIN, VisCoINConfig, load_viscoin, save_viscoin, viscoin_losses
+from viscoin.model.perceptual import build_perceptual
+from viscoin.stylegan import Generator, GeneratorConfig, MappingConfig, SynthesisConfig
+from viscoin.utils.io import CheckpointError
+
+
+def tiny_f(num_classes: int = 3, seed: int = 0) -> Classifier:
+    torch.manual_seed(seed)
+    return Classifier(ClassifierConfig(arch="resnet18", num_classes=num_classes, pretrained="none"), load_pretrained=False)
+
+
+def tiny_G(res: int = 32, seed: int = 0) -> Generator:
+    torch.manual_seed(seed)
+    G = Generator(GeneratorConfig(z_dim=16, w_dim=16, img_resolution=res, mapping=MappingConfig(num_layers=2),
+                                  synthesis=SynthesisConfig(channel_base=8 * res, channel_max=16)))
+    with torch.no_grad():
+        G.mapping.w_avg.normal_()
+    return G.eval()
+
+
+def tiny_model(res: int = 32, k: int = 4, use_support: bool = True, g_res: int | None = None) -> VisCoIN:
+    cfg = VisCoINConfig(num_concepts=k, adapter_channels=8, use_support=use_support)
+    return VisCoIN(cfg, tiny_f(), tiny_G(g_res or res), resolution=res)
+
+
+@pytest.mark.parametrize("res, k, g_res", [(32, 4, 32), (64, 8, 64), (64, 3, 32)])
+def test_shapes(res, k, g_res):
+    model = tiny_model(res, k, g_res=g_res)
+    x = torch.rand(2, 3, res, res) * 2 - 1
+    phi, support = model.concepts(x)
+    assert phi.shape == (2, k, 3, 3) and (phi >= 0).all()
+    assert support.shape == (2, 9 * k)
+    assert model.predict(x).shape == (2, 3) and torch.allclose(model.predict(x).sum(1), torch.ones(2))
+    ws = model.latents(phi, support)
+    assert ws.shape == (2, model.G.num_ws, 16)
+    assert model.reconstruct(x).shape == (2, 3, res, res)  # G's output resized to f's resolution when they differ
+    out = model(x)
+    assert out["x_rec"].shape == (2, 3, res, res) and out["logits_g"].shape == (2, 3)
+
+
+def test_shape_checks_name_the_input():
+    model = tiny_model()
+    with pytest.raises(ValueError, match=r"x: expected images \[N, 3, 32, 32\]"):
+        model.concepts(torch.zeros(1, 3, 16, 16))
+    with pytest.raises(ValueError, match=r"Φ: expected \[N, 4, 3, 3\]"):
+        model.latents(torch.zeros(1, 5, 3, 3), torch.zeros(1, 36))
+    with pytest.raises(ValueError, match=r"Φ': expected \[1, 36\]"):
+        model.generate(torch.zeros(1, 4, 3, 3), None)
+
+
+def test_only_trainable_parts_get_gradients_and_frozen_bn_stats_stay():
+    model = tiny_model()
+    model.train()
+    bn = model.f.net.bn1
+    stats = (bn.running_mean.clone(), bn.running_var.clone())
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    terms = viscoin_losses(model(x), x, LossConfig(beta=1.0, perceptual="classifier"),
+                           build_perceptual("classifier", classifier=model.f), model.psi.orthogonality_loss())
+    terms["total"].backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+    assert all(p.grad is None for p in model.f.parameters()) and all(p.grad is None for p in model.G.parameters())
+    assert not model.f.training and not model.G.training
+    assert torch.equal(bn.running_mean, stats[0]) and torch.equal(bn.running_var, stats[1])
+    # f and G are not part of the trainable state.
+    assert all(k.split(".")[0] in ("psi", "theta", "omega") for k in model.state_dict())
+
+
+def test_gradient_flows_through_G_and_f():
+    model = tiny_model()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    out = model(x)
+    # γ term alone: only through f(x̃) -> G -> Ω
+    cfg = LossConfig(alpha=0, beta=0, l1=0, l2=0, delta=0, latent=0, orthogonality=False, gamma=1.0)
+    viscoin_losses(out, x, cfg, None, None)["total"].backward()
+    assert model.omega.layers[4].weight.grad.abs().sum() > 0
+    g = model.theta.linear.weight.grad
+    assert g is None or not g.any()  # Θ plays no part in that term
+
+
+def test_omega_is_linear_in_each_concept():
+    model = tiny_model(k=4).eval()
+    x = torch.rand(3, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        phi, support = model.concepts(x)
+        base = model.latents(phi, support)
+        j, lam = int(phi.sum(dim=(0, 2, 3)).argmax()), 3.0
+        assert phi[:, j].sum() > 0
+        scaled = phi.clone()
+        scaled[:, j] *= lam
+        moved = model.latents(scaled, support)
+        # Expected change: (λ − 1) times concept j's part of each Φ-fed layer; Φ'-fed vectors do not move.
+        for i, layer in enumerate(model.omega.layers):
+            w = layer.weight.view(layer.out_features, 4, 9)
+            contrib = torch.einsum("ok,nk->no", w[:, j], phi[:, j].flatten(1))
+            expected = torch.zeros_like(contrib) if model.omega.from_support[i] else (lam - 1) * contrib
+            assert torch.allclose(moved[:, i] - base[:, i], expected, atol=1e-5)
+    assert model.omega.from_support == [True, True, True, False, False, False, True, True]
+
+
+def test_no_support_branch_ablation():
+    model = tiny_model(use_support=False)
+    phi, support = model.concepts(torch.zeros(1, 3, 32, 32))
+    assert support is None and not any(model.omega.from_support)
+    assert model.generate(phi, None).shape == (1, 3, 32, 32)
+
+
+def test_loss_terms_match_hand_computation():
+    model = tiny_model()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    out = model(x)
+    cfg = LossConfig(alpha=0.5, beta=0.0, gamma=0.1, delta=0.2)
+    t = viscoin_losses(out, x, cfg, None, model.psi.orthogonality_loss())
+    p_f = out["feats"]["logits"].softmax(1)
+    assert torch.allclose(t["output_fidelity"], 0.5 * -(p_f * out["logits_g"].log_softmax(1)).sum(1).mean())
+    assert torch.allclose(t["rec_l2"], ((x - out["x_rec"]) ** 2).mean())
+    assert torch.allclose(t["rec_l1"], (x - out["x_rec"]).abs().mean())
+    assert torch.allclose(t["rec_classification"], 0.1 * -(p_f * out["feats_rec"]["logits"].log_softmax(1)).sum(1).mean())
+    assert torch.allclose(t["sparsity"], 0.2 * out["phi"].abs().mean())
+    assert torch.allclose(t["latent"], out["offsets"].pow(2).mean())
+    v = torch.nn.functional.normalize(model.psi.concept_conv.weight.flatten(1).t(), dim=0)
+    assert torch.allclose(t["orthogonality"], ((v.t() @ v - torch.eye(4)) ** 2).sum())
+    assert torch.allclose(t["total"], sum(v for k, v in t.items() if k != "total"))
+
+
+def test_loss_decreases_over_a_few_dozen_steps():
+    model = tiny_model()
+    model.train()
+    perceptual = build_perceptual("classifier", classifier=model.f)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    torch.manual_seed(1)
+    x = torch.rand(8, 3, 32, 32) * 2 - 1
+    losses = []
+    for _ in range(40):
+        t = viscoin_losses(model(x), x, LossConfig(beta=1.0, perceptual="classifier"), perceptual,
+                           model.psi.orthogonality_loss())
+        opt.zero_grad()
+        t["total"].backward()
+        opt.step()
+        losses.append(t["total"].item())
+    assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5, losses
+
+
+def test_checkpoint_round_trip_and_refuses_other_f_or_G(tmp_path):
+    model = tiny_model().eval()
+    save_viscoin(model, tmp_path / "m", tmp_path / "f", tmp_path / "G")
+    back = load_viscoin(tmp_path / "m", classifier=tiny_f(), generator=tiny_G())
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, back.state_dict()[k]), k
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(model.reconstruct(x), back.reconstruct(x))
+    with pytest.raises(CheckpointError, match="trained with a different classifier"):
+        load_viscoin(tmp_path / "m", classifier=tiny_f(seed=1), generator=tiny_G())
+    with pytest.raises(CheckpointError, match="trained with a different generator"):
+        load_viscoin(tmp_path / "m", classifier=tiny_f(), generator=tiny_G(seed=1))
+
+
+def test_support_vectors_need_a_large_enough_generator():
+    with pytest.raises(ValueError, match="leave none for Φ"):
+        VisCoIN(VisCoINConfig(num_concepts=2, adapter_channels=4), tiny_f(), tiny_G(8), resolution=32)
