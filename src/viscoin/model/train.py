@@ -102,6 +102,26 @@ def evaluate_agreement(model: VisCoIN, dataset: Any, batch_size: int, device: to
     return {"accuracy_g": acc_g / n, "accuracy_f": acc_f / n, "agreement": agree / n, "mse": mse / n, "count": n}
 
 
+def training_losses(
+    model: torch.nn.Module,              # VisCoIN, possibly wrapped (DDP / precision) by the runner
+    raw: VisCoIN,                        # the unwrapped model
+    x_real: torch.Tensor,                # [B_real, 3, R, R] training images
+    n_synthetic: int,                    # images to draw from G
+    loss_cfg: LossConfig,
+    perceptual: torch.nn.Module | None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """One step's batch (real + G(mapping(z)), z ~ N(0, I), truncation 1, no autograd), forward and losses."""
+    x = x_real
+    if n_synthetic:
+        with torch.no_grad():
+            z = torch.randn(n_synthetic, raw.G.z_dim, device=x_real.device)
+            x_syn = raw._synthesize(raw.G.map(z, truncation_psi=1.0))
+        x = torch.cat([x, x_syn.to(x.dtype)])
+    out = model(x)
+    orth = raw.psi.orthogonality_loss() if loss_cfg.orthogonality else None
+    return x, out, viscoin_losses(out, x, loss_cfg, perceptual, orth)
+
+
 def train_viscoin(cfg: VisCoINTrainConfig, resume: bool = False) -> dict[str, Any]:
     """Train Ψ, Θ, Ω; returns the final metrics."""
     from viscoin.model.perceptual import build_perceptual
@@ -159,15 +179,7 @@ def train_viscoin(cfg: VisCoINTrainConfig, resume: bool = False) -> dict[str, An
             runner.seed_step(step)
             for group in optimizer.param_groups:
                 group["lr"] = cfg.lr * lr_factor(step, cfg)
-            x = batch["image"]
-            if b_syn:
-                with torch.no_grad():
-                    z = torch.randn(b_syn, G.z_dim, device=runner.device)
-                    x_syn = raw._synthesize(G.map(z, truncation_psi=1.0))
-                x = torch.cat([x, x_syn.to(x.dtype)])
-            out = model(x)
-            orth = raw.psi.orthogonality_loss() if cfg.loss.orthogonality else None
-            terms = viscoin_losses(out, x, cfg.loss, perceptual, orth)
+            x, out, terms = training_losses(model, raw, batch["image"], b_syn, cfg.loss, perceptual)
             optimizer.zero_grad(set_to_none=True)
             runner.fabric.backward(terms["total"])
             optimizer.step()
