@@ -59,7 +59,7 @@ class ClassifierTrainConfig(DictConfig):
     """Everything `viscoin classifier train` needs. `classifier.num_classes` 0 = from the dataset."""
 
     data: DataConfig = field(default_factory=DataConfig)
-    classifier: ClassifierConfig = field(default_factory=lambda: ClassifierConfig(num_classes=1))
+    classifier: ClassifierConfig = field(default_factory=lambda: ClassifierConfig(num_classes=0))
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     epochs: int = 30                                # training epochs
