@@ -215,6 +215,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in run.out_dir")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (dotted keys)")
     p.set_defaults(func=cmd_train)
+
+    from viscoin.interpret.cli import add_explain_arguments, run_explain_command
+    from viscoin.metrics.evaluate import add_evaluate_arguments, run_evaluate_command
+    from viscoin.report.cli import add_report_arguments, run_report_command
+
+    p = sub.add_parser("evaluate", help="the paper's metrics (accuracy, MSE/LPIPS/FID, faithfulness, consistency)")
+    add_evaluate_arguments(p)
+    p.set_defaults(func=run_evaluate_command)
+    p = sub.add_parser("explain", help="explain one image: prediction, top concepts, λ sweeps, difference images")
+    add_explain_arguments(p)
+    p.set_defaults(func=run_explain_command)
+    p = sub.add_parser("report", help="static HTML report: metrics, relevant class-concept pairs, figures")
+    add_report_arguments(p)
+    p.set_defaults(func=run_report_command)
     return parser
 
 
