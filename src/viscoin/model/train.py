@@ -21,10 +21,11 @@ from typing import Any
 import torch
 
 from viscoin.data import DataConfig, build_dataset
+from viscoin.metrics.fidelity import evaluate_agreement
 from viscoin.model.losses import LossConfig, viscoin_losses
 from viscoin.model.viscoin import VisCoIN, VisCoINConfig, save_viscoin
 from viscoin.training.config import RunConfig
-from viscoin.training.runner import ResumableSampler, Runner
+from viscoin.training.runner import Runner
 from viscoin.utils.config import ConfigError, DictConfig
 from viscoin.utils.images import image_grid, save_image, to_uint8
 from viscoin.utils.io import write_json
@@ -78,28 +79,6 @@ def load_frozen_networks(cfg: VisCoINTrainConfig) -> tuple[torch.nn.Module, torc
     if not cfg.generator:
         raise ConfigError("generator: set it to a generator folder or an official .pkl")
     return load_classifier(cfg.classifier), load_generator(cfg.generator)
-
-
-@torch.no_grad()
-def evaluate_agreement(model: VisCoIN, dataset: Any, batch_size: int, device: torch.device,
-                       limit: int = 0) -> dict[str, float]:
-    """Test accuracy of g and of f, their agreement, and pixel MSE of the reconstructions."""
-    was = model.training
-    model.eval()
-    n = len(dataset) if not limit else min(limit, len(dataset))
-    sampler = ResumableSampler(n, seed=0, epoch=0, shuffle=False)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler)
-    acc_g = acc_f = agree = mse = 0.0
-    for batch in loader:
-        x, y = batch["image"].to(device), batch["label"].to(device)
-        out = model(x)
-        pred_g, pred_f = out["logits_g"].argmax(1), out["feats"]["logits"].argmax(1)
-        acc_g += (pred_g == y).sum().item()
-        acc_f += (pred_f == y).sum().item()
-        agree += (pred_g == pred_f).sum().item()
-        mse += (out["x_rec"].float() - x).square().mean(dim=(1, 2, 3)).sum().item()
-    model.train(was)
-    return {"accuracy_g": acc_g / n, "accuracy_f": acc_f / n, "agreement": agree / n, "mse": mse / n, "count": n}
 
 
 def training_losses(

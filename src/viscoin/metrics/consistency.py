@@ -1,0 +1,189 @@
+"""Consistency of the concept visualisations (``method.md``, "Evaluation"; paper section 4.1, appendix C).
+
+For concept k and amplification λ:
+
+1. its most relevant classes: global relevance r_{k,c} > 0.5 (top-1 class when none is);
+2. among the samples of those classes (true labels), the `n` with the largest pooled activation
+   a_k(x); φ_max = the largest a_k over them;
+3. per sample two images, all else (other concepts, Φ') unchanged: φ_k set to the constant map
+   λ·φ_max (label 1) and φ_k = 0 (label 0);
+4. features = f's ``layer2`` output average-pooled over space;
+5. a 2n-image set from training samples and another from test samples; a linear SVM fitted on the
+   first (C from a grid by k-fold cross-validation, scikit-learn), accuracy on the second.
+
+Reported: mean ± std (over concepts) of that accuracy, per λ. Φ, Φ' of both splits come from one
+encoding pass (`viscoin.metrics.common.encode_dataset`); only the edited images are generated, and
+the φ_k = 0 images (independent of λ) once per concept and split.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from viscoin.metrics.common import Encoded, generate_batched, progress_bar
+from viscoin.metrics.relevance import global_relevance_from, relevance_from
+from viscoin.model.viscoin import VisCoIN
+
+DEFAULT_C_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
+FEATURE_LAYER = "layer2"
+
+
+class _Stop(Exception):
+    """Raised by the forward hook to skip the classifier's layers after the one we read."""
+
+
+@torch.no_grad()
+def layer_features(classifier: nn.Module, x: torch.Tensor, layer: str = FEATURE_LAYER) -> torch.Tensor:
+    """Output of the classifier's ResNet stage `layer` (e.g. ``layer2``) on x in [-1, 1], average-pooled: [N, C]."""
+    module = getattr(classifier.net, layer)[-1]   # the stage's last block: f runs blocks one by one
+    captured: list[torch.Tensor] = []
+
+    def hook(_m: nn.Module, _inp: Any, out: torch.Tensor) -> None:
+        captured.append(out)
+        raise _Stop
+
+    handle = module.register_forward_hook(hook)
+    try:
+        classifier(x)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    return captured[0].float().mean(dim=(2, 3))
+
+
+def relevant_classes(global_rel: torch.Tensor, concept: int, threshold: float = 0.5) -> torch.Tensor:
+    """Classes c with r_{k,c} > threshold for concept k (global relevance [C, K]); the top-1 class if none."""
+    col = global_rel[:, concept]
+    classes = torch.nonzero(col > threshold).flatten()
+    return classes if classes.numel() else col.argmax().reshape(1)
+
+
+def top_activating(enc: Encoded, concept: int, classes: torch.Tensor, n: int) -> torch.Tensor:
+    """Rows of `enc` (samples of `classes`) with the `n` largest a_k, largest first (fewer if not enough)."""
+    rows = torch.nonzero(torch.isin(enc.labels, classes)).flatten()
+    act = enc.phi[rows, concept].amax(dim=(1, 2))
+    order = torch.sort(act, descending=True, stable=True).indices[:n]
+    return rows[order]
+
+
+@torch.no_grad()
+def edited_features(
+    model: VisCoIN, enc: Encoded, rows: torch.Tensor, concept: int, lambdas: Sequence[float], batch_size: int,
+) -> tuple[torch.Tensor, dict[float, torch.Tensor]]:
+    """layer2 features of the φ_k = 0 images [n, D] and of the φ_k = λ·φ_max images, per λ."""
+    phi = enc.phi[rows]
+    support = None if enc.support is None else enc.support[rows]
+    phi_max = phi[:, concept].amax().item()
+    variants = []
+    for value in [0.0] + [lam * phi_max for lam in lambdas]:
+        edited = phi.clone()
+        edited[:, concept] = value                       # constant 3x3 map
+        variants.append(edited)
+    sup = None if support is None else support.repeat(len(variants), 1)
+    feats = torch.cat([layer_features(model.f, img).cpu()
+                       for _, img in generate_batched(model, torch.cat(variants), sup, batch_size)])
+    feats = feats.view(len(variants), len(rows), -1)
+    return feats[0], {lam: feats[1 + i] for i, lam in enumerate(lambdas)}
+
+
+def svm_accuracy(
+    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
+    c_grid: Sequence[float] = DEFAULT_C_GRID, folds: int = 5, seed: int = 0,
+) -> tuple[float, float]:
+    """Test accuracy of a linear SVM whose C is chosen by stratified k-fold CV on the training set; and that C.
+
+    Features are standardised (fitted on the training folds only). `folds` is lowered to the
+    size of the smaller class when that is smaller (at least 2).
+    """
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import LinearSVC
+
+    folds = max(2, min(folds, int(np.bincount(y_train).min())))
+    pipe = make_pipeline(StandardScaler(), LinearSVC(dual="auto", max_iter=5000, random_state=seed))
+    search = GridSearchCV(pipe, {"linearsvc__C": list(c_grid)},
+                          cv=StratifiedKFold(folds, shuffle=True, random_state=seed), n_jobs=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        search.fit(x_train, y_train)
+    return float(search.score(x_test, y_test)), float(search.best_params_["linearsvc__C"])
+
+
+def select_concepts(global_rel: torch.Tensor, max_concepts: int = 0) -> list[int]:
+    """All concepts (max_concepts <= 0), else the `max_concepts` with the largest max_c r_{k,c}, in index order."""
+    k = global_rel.shape[1]
+    if max_concepts <= 0 or max_concepts >= k:
+        return list(range(k))
+    top = torch.sort(global_rel.amax(dim=0), descending=True, stable=True).indices[:max_concepts]
+    return sorted(top.tolist())
+
+
+def consistency(
+    model: VisCoIN,
+    train: Encoded,                              # Φ, Φ', labels of training samples (no augmentation)
+    test: Encoded,                               # the same for test samples
+    lambdas: Sequence[float] = (2.0, 4.0),
+    samples: int = 100,                          # n: samples per set (each gives 2 images)
+    concepts: Sequence[int] | None = None,       # default: select_concepts(global relevance, max_concepts)
+    max_concepts: int = 0,
+    relevance_threshold: float = 0.5,
+    c_grid: Sequence[float] = DEFAULT_C_GRID,
+    folds: int = 5,
+    seed: int = 0,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Consistency per λ: ``{"lambdas": {str(λ): {"mean", "std", "per_concept": {k: acc}, "best_C": {k: C}}},
+    "concepts": [...], "classes": {k: [...]}, "skipped": {k: reason}}``; accuracies in [0, 1].
+
+    Global relevance comes from `train` (true labels, r w.r.t. g's prediction). A concept with
+    fewer than 2 samples in either set is skipped (and listed with the reason).
+    """
+    if samples < 1:
+        raise ValueError(f"consistency: samples must be >= 1, got {samples}")
+    global_rel = global_relevance_from(relevance_from(model, train.phi), train.labels, model.num_classes).cpu()
+    chosen = list(concepts) if concepts is not None else select_concepts(global_rel, max_concepts)
+    per: dict[float, dict[int, float]] = {lam: {} for lam in lambdas}
+    best_c: dict[float, dict[int, float]] = {lam: {} for lam in lambdas}
+    classes_of: dict[int, list[int]] = {}
+    skipped: dict[int, str] = {}
+    for k in progress_bar(chosen, "consistency", progress):
+        classes = relevant_classes(global_rel, k, relevance_threshold)
+        classes_of[k] = classes.tolist()
+        rows_tr, rows_te = (top_activating(e, k, classes, samples) for e in (train, test))
+        if min(len(rows_tr), len(rows_te)) < 2:
+            skipped[k] = f"fewer than 2 samples of classes {classes.tolist()} (train {len(rows_tr)}, test {len(rows_te)})"
+            continue
+        off_tr, on_tr = edited_features(model, train, rows_tr, k, lambdas, batch_size)
+        off_te, on_te = edited_features(model, test, rows_te, k, lambdas, batch_size)
+        for lam in lambdas:
+            x_tr, y_tr = _two_class(on_tr[lam], off_tr)
+            x_te, y_te = _two_class(on_te[lam], off_te)
+            per[lam][k], best_c[lam][k] = svm_accuracy(x_tr, y_tr, x_te, y_te, c_grid, folds, seed)
+    out: dict[str, Any] = {"concepts": chosen, "classes": {str(k): v for k, v in classes_of.items()},
+                           "skipped": {str(k): v for k, v in skipped.items()}, "samples": samples, "lambdas": {}}
+    for lam in lambdas:
+        accs = np.array(list(per[lam].values()), dtype=np.float64)
+        out["lambdas"][str(lam)] = {
+            "mean": float(accs.mean()) if accs.size else None,
+            "std": float(accs.std()) if accs.size else None,
+            "count": int(accs.size),
+            "per_concept": {str(k): v for k, v in per[lam].items()},
+            "best_C": {str(k): v for k, v in best_c[lam].items()},
+        }
+    return out
+
+
+def _two_class(on: torch.Tensor, off: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    x = torch.cat([on, off]).double().numpy()
+    y = np.concatenate([np.ones(len(on), dtype=np.int64), np.zeros(len(off), dtype=np.int64)])
+    return x, y

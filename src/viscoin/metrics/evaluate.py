@@ -1,0 +1,312 @@
+"""`viscoin evaluate CHECKPOINT`: every metric of ``method.md`` ("Evaluation") on a trained VisCoIN.
+
+    result = evaluate_checkpoint("runs/viscoin-cub/viscoin", EvaluateConfig(fid_features="classifier"))
+    print(markdown_tables(result))
+
+The data config is the one saved with the checkpoint (``extra["data"]``), changed by
+``data.KEY=VALUE`` overrides. Test split: accuracy of g and f and their agreement, reconstruction
+MSE / LPIPS / FID, faithfulness (median FF_x at each τ, with the random baseline). Training and
+test splits (no augmentation): consistency (mean ± std over concepts, per λ). Everything is
+seeded (`EvaluateConfig.seed`) and batched; `markdown_tables` lays the numbers out like the
+paper's tables 1 and 2. The CLI hooks `add_evaluate_arguments` / `run_evaluate_command` are
+wired into ``viscoin evaluate`` by `viscoin.cli`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from viscoin.data import DataConfig, build_dataset
+from viscoin.metrics.common import encode_dataset, seeded_subset
+from viscoin.metrics.consistency import DEFAULT_C_GRID, consistency
+from viscoin.metrics.faithfulness import faithfulness
+from viscoin.metrics.fid import build_fid_features
+from viscoin.metrics.fidelity import fidelity_pass
+from viscoin.model.viscoin import VisCoIN, load_viscoin, read_viscoin_info
+from viscoin.utils.config import ConfigError, DictConfig, config_from_dict
+
+METRICS = ("accuracy", "reconstruction", "faithfulness", "consistency")
+DATASET_NAMES = {"cub": "CUB", "cars": "Stanford Cars", "celebahq": "CelebA-HQ"}
+
+
+@dataclass(frozen=True)
+class EvaluateConfig(DictConfig):
+    """What `evaluate_model` computes and how (defaults: the paper's protocol, appendix B.3)."""
+
+    metrics: tuple[str, ...] = METRICS                     # subset of accuracy, reconstruction, faithfulness, consistency
+    n_faithfulness: int = 1000                             # random test samples for faithfulness (capped at the test size)
+    thresholds: tuple[float, ...] = (0.1, 0.2, 0.4)        # τ of faithfulness
+    consistency_lambdas: tuple[float, ...] = (2.0, 4.0)    # λ of consistency (2: main text; higher: appendix C)
+    consistency_samples: int = 100                         # samples per set and concept (each gives 2 images)
+    max_concepts: int = 0                                  # consistency on all concepts (0) or the M most relevant
+    relevance_threshold: float = 0.5                       # r_{k,c} above which class c is one of concept k's
+    svm_c_grid: tuple[float, ...] = DEFAULT_C_GRID         # C values of the linear SVM
+    cv_folds: int = 5                                      # cross-validation folds choosing C
+    fid_features: Literal["inception", "classifier", "none"] = "inception"  # FID feature space (none: no FID)
+    inception_path: str | None = None                      # FID Inception weights; None -> torch hub's cache
+    lpips: bool = True                                     # LPIPS (skipped with a note when VGG16 weights are missing)
+    lpips_vgg_path: str | None = None                      # VGG16 weights for LPIPS; None -> torchvision's cache
+    batch_size: int = 64                                   # images per forward pass
+    seed: int = 0                                          # seeds every random choice
+    progress: bool = True                                  # tqdm progress bars
+    max_test_samples: int = 0                              # cap on test samples (seeded subset; 0: all)
+    max_train_samples: int = 0                             # cap on training samples for relevance/consistency (0: all)
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.metrics if m not in METRICS]
+        if unknown:
+            raise ConfigError(f"evaluate.metrics: unknown {unknown}; expected some of {list(METRICS)}")
+        for name in ("n_faithfulness", "consistency_samples", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"evaluate.{name}: expected >= 1, got {getattr(self, name)}")
+        if self.cv_folds < 2:
+            raise ConfigError(f"evaluate.cv_folds: expected >= 2, got {self.cv_folds}")
+        if not all(-1 <= t < 1 for t in self.thresholds):
+            raise ConfigError(f"evaluate.thresholds: expected values in [-1, 1), got {list(self.thresholds)}")
+        if self.fid_features not in ("inception", "classifier", "none"):
+            raise ConfigError(f"evaluate.fid_features: expected inception, classifier or none, got {self.fid_features!r}")
+
+
+def dataset_name(data: DataConfig) -> str:
+    """Display name of a dataset: CUB, Stanford Cars, CelebA-HQ, or the folder's name."""
+    return DATASET_NAMES.get(data.kind) or Path(data.root).name or data.kind
+
+
+def _lpips(cfg: EvaluateConfig) -> tuple[torch.nn.Module | None, str | None]:
+    """LPIPS-VGG, or (None, why) when off or when its weights are missing and no path was given."""
+    if not cfg.lpips:
+        return None, "off (lpips=false)"
+    from viscoin.model.perceptual import build_perceptual
+
+    try:
+        return build_perceptual("lpips", vgg_weights_path=cfg.lpips_vgg_path), None
+    except (FileNotFoundError, ImportError) as exc:
+        if cfg.lpips_vgg_path is not None:
+            raise
+        return None, f"skipped: {str(exc).split('. ')[0]} (give --lpips-vgg PATH)"
+
+
+def evaluate_model(
+    model: VisCoIN,
+    train_set: Any,          # training split without augmentation (relevance, consistency)
+    test_set: Any,           # test split
+    cfg: EvaluateConfig = EvaluateConfig(),
+    name: str = "dataset",   # dataset name for the tables
+) -> dict[str, Any]:
+    """All metrics chosen in `cfg.metrics` on a loaded model; a JSON-serialisable dict (see module docstring)."""
+    model.eval()
+    device = next(model.parameters()).device
+    result: dict[str, Any] = {"dataset": name, "num_concepts": model.config.num_concepts,
+                              "num_classes": model.num_classes, "config": cfg.to_dict(), "timings": {}}
+    timings = result["timings"]
+    test_idx = seeded_subset(len(test_set), cfg.max_test_samples, cfg.seed)
+
+    if "accuracy" in cfg.metrics or "reconstruction" in cfg.metrics:
+        start = time.perf_counter()
+        recon = "reconstruction" in cfg.metrics
+        lpips, lpips_note = _lpips(cfg) if recon else (None, None)
+        if lpips is not None:
+            lpips = lpips.to(device)
+        fid = None
+        if recon and cfg.fid_features != "none":
+            fid = build_fid_features(cfg.fid_features, model.f, cfg.inception_path).to(device)
+        out = fidelity_pass(model, test_set, test_idx, cfg.batch_size, lpips, fid, cfg.progress)
+        result["accuracy"] = {"g": out["accuracy_g"], "f": out["accuracy_f"], "agreement": out["agreement"],
+                              "count": out["count"]}
+        if recon:
+            result["reconstruction"] = {
+                "count": out["count"], "mse": out["mse"],
+                "lpips": out.get("lpips"), "lpips_name": out.get("lpips_name"), "lpips_note": lpips_note,
+                "fid": out.get("fid"), "fid_features": out.get("fid_features"),
+            }
+        timings["accuracy+reconstruction"] = time.perf_counter() - start
+
+    test_enc = None
+    if "faithfulness" in cfg.metrics or "consistency" in cfg.metrics:
+        start = time.perf_counter()
+        test_enc = encode_dataset(model, test_set, test_idx, cfg.batch_size, progress=cfg.progress, desc="encode test")
+        timings["encode test"] = time.perf_counter() - start
+
+    if "faithfulness" in cfg.metrics:
+        assert test_enc is not None
+        start = time.perf_counter()
+        rows = seeded_subset(len(test_enc), cfg.n_faithfulness, cfg.seed)
+        result["faithfulness"] = faithfulness(model, test_enc.select(rows), cfg.thresholds, cfg.seed,
+                                              cfg.batch_size, cfg.progress)
+        timings["faithfulness"] = time.perf_counter() - start
+
+    if "consistency" in cfg.metrics:
+        assert test_enc is not None
+        start = time.perf_counter()
+        train_idx = seeded_subset(len(train_set), cfg.max_train_samples, cfg.seed)
+        train_enc = encode_dataset(model, train_set, train_idx, cfg.batch_size, progress=cfg.progress,
+                                   desc="encode train")
+        timings["encode train"] = time.perf_counter() - start
+        start = time.perf_counter()
+        result["consistency"] = consistency(
+            model, train_enc, test_enc, cfg.consistency_lambdas, cfg.consistency_samples,
+            max_concepts=cfg.max_concepts, relevance_threshold=cfg.relevance_threshold, c_grid=cfg.svm_c_grid,
+            folds=cfg.cv_folds, seed=cfg.seed, batch_size=cfg.batch_size, progress=cfg.progress,
+        )
+        timings["consistency"] = time.perf_counter() - start
+    return result
+
+
+def checkpoint_data_config(path: str | Path, overrides: Sequence[str] = ()) -> DataConfig:
+    """The data config saved with a VisCoIN checkpoint (``extra["data"]``), with ``data.KEY=VALUE`` overrides."""
+    from viscoin.training.config import parse_override
+
+    data = dict(read_viscoin_info(path).get("extra", {}).get("data") or {})
+    for text in overrides:
+        key, value = parse_override(text)
+        if not key.startswith("data."):
+            raise ConfigError(f"override {text!r}: only data.* settings can be changed here")
+        data[key[len("data."):]] = value
+    return config_from_dict(DataConfig, data, "data")
+
+
+def evaluate_checkpoint(
+    path: str | Path,                       # VisCoIN checkpoint folder (f and G from the recorded paths)
+    cfg: EvaluateConfig = EvaluateConfig(),
+    device: str | torch.device = "cpu",
+    data_overrides: Sequence[str] = (),     # "data.KEY=VALUE" changes to the saved data config
+) -> dict[str, Any]:
+    """Load a checkpoint and its datasets, run `evaluate_model`; adds checkpoint, data and device to the result."""
+    data_cfg = checkpoint_data_config(path, data_overrides)
+    model = load_viscoin(path, device=device)
+    test_set = build_dataset(data_cfg, "test", augment=False)
+    train_set = build_dataset(data_cfg, "train", augment=False)
+    if test_set.num_classes != model.num_classes:
+        raise ConfigError(f"the model has {model.num_classes} classes but {data_cfg.root} has {test_set.num_classes}")
+    result = evaluate_model(model, train_set, test_set, cfg, dataset_name(data_cfg))
+    return {"checkpoint": str(Path(path)), "data": data_cfg.to_dict(), "device": str(device), **result}
+
+
+# ==================================================================== tables
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "–" if value is None else format(value, fmt)
+
+
+def markdown_tables(results: dict[str, Any] | Sequence[dict[str, Any]]) -> str:
+    """Paper-style Markdown: table 1 (accuracy of f and g per dataset), table 2 (fidelity, faithfulness, consistency).
+
+    Accuracies and consistency in %, faithfulness as "median (random baseline)". The FID's feature
+    space is named in its column header (or in each cell when the datasets differ).
+    """
+    rows = [results] if isinstance(results, dict) else list(results)
+    names = [r.get("dataset", "dataset") for r in rows]
+    out: list[str] = []
+    if any("accuracy" in r for r in rows):
+        out += ["Table 1: test accuracy (%)", "", "| Model | " + " | ".join(names) + " |",
+                "|---|" + "---:|" * len(rows)]
+        for label, key in (("f (classifier)", "f"), ("g (VisCoIN)", "g"), ("agreement of g with f", "agreement")):
+            cells = [_num(100 * r["accuracy"][key], ".2f") if "accuracy" in r else "–" for r in rows]
+            out.append(f"| {label} | " + " | ".join(cells) + " |")
+        out.append("")
+    if any(k in r for r in rows for k in ("reconstruction", "faithfulness", "consistency")):
+        header, cells = _table2(rows)
+        out += ["Table 2: reconstruction fidelity, faithfulness (median FF_x, random baseline in brackets), "
+                "consistency (SVM test accuracy %, mean ± std over concepts)", "",
+                "| Dataset | " + " | ".join(header) + " |", "|---|" + "---:|" * len(header)]
+        out += [f"| {n} | " + " | ".join(c) + " |" for n, c in zip(names, cells)]
+        notes = {r["reconstruction"]["lpips_note"] for r in rows
+                 if r.get("reconstruction", {}).get("lpips_note")}
+        out += [""] + [f"LPIPS {note}" for note in sorted(notes)]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _table2(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    taus = list(dict.fromkeys(t for r in rows for t in r.get("faithfulness", {}).get("thresholds", {})))
+    lams = list(dict.fromkeys(lam for r in rows for lam in r.get("consistency", {}).get("lambdas", {})))
+    fid_labels = {r["reconstruction"].get("fid_features") for r in rows if "reconstruction" in r} - {None}
+    one_label = len(fid_labels) == 1
+    header = ["MSE", "LPIPS", f"FID ({next(iter(fid_labels))})" if one_label else "FID"]
+    header += [f"FF τ={t}" for t in taus] + [f"Consistency λ={lam}" for lam in lams]
+    table = []
+    for r in rows:
+        rec = r.get("reconstruction", {})
+        fid = _num(rec.get("fid"), ".2f")
+        if rec.get("fid") is not None and not one_label:
+            fid += f" ({rec['fid_features']})"
+        cells = [_num(rec.get("mse"), ".4f"), _num(rec.get("lpips"), ".3f"), fid]
+        ff = r.get("faithfulness", {}).get("thresholds", {})
+        cells += [f"{ff[t]['median']:.3f} ({ff[t]['random_median']:.3f})" if t in ff else "–" for t in taus]
+        cons = r.get("consistency", {}).get("lambdas", {})
+        for lam in lams:
+            c = cons.get(lam)
+            cells.append("–" if not c or c["mean"] is None else f"{100 * c['mean']:.1f} ± {100 * c['std']:.1f}")
+        table.append(cells)
+    return header, table
+
+
+# ==================================================================== CLI hooks
+
+
+def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``viscoin evaluate`` (call `run_evaluate_command` with the parsed namespace)."""
+    d = EvaluateConfig()
+    parser.add_argument("checkpoint", type=Path, help="VisCoIN checkpoint folder (e.g. runs/viscoin-cub/viscoin)")
+    parser.add_argument("overrides", nargs="*", metavar="data.KEY=VALUE",
+                        help="changes to the data config saved with the checkpoint (e.g. data.root=/data/CUB)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="JSON result file (default: evaluation.json beside the checkpoint folder)")
+    parser.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', ... (default: auto)")
+    parser.add_argument("--metrics", nargs="+", choices=METRICS, default=list(d.metrics), help="metrics to compute")
+    parser.add_argument("--n-faithfulness", type=int, default=d.n_faithfulness,
+                        help=f"random test samples for faithfulness (default: {d.n_faithfulness})")
+    parser.add_argument("--thresholds", type=float, nargs="+", default=list(d.thresholds),
+                        help="faithfulness thresholds τ (default: 0.1 0.2 0.4)")
+    parser.add_argument("--lambdas", type=float, nargs="+", default=list(d.consistency_lambdas),
+                        help="consistency amplifications λ (default: 2 4)")
+    parser.add_argument("--consistency-samples", type=int, default=d.consistency_samples,
+                        help=f"samples per set and concept (default: {d.consistency_samples})")
+    parser.add_argument("--max-concepts", type=int, default=d.max_concepts,
+                        help="consistency on the M most relevant concepts only (default: 0 = all)")
+    parser.add_argument("--fid-features", choices=["inception", "classifier", "none"], default=d.fid_features,
+                        help="FID feature space: the standard Inception (default; local weights), "
+                             "f's own features (offline substitute, labelled), or none")
+    parser.add_argument("--inception", default=None, metavar="PATH",
+                        help="FID Inception weights (weights-inception-2015-12-05-6726825d.pth); default: torch hub's cache")
+    parser.add_argument("--lpips-vgg", default=None, metavar="PATH",
+                        help="VGG16 ImageNet weights for LPIPS; default: torchvision's cache (skipped if missing)")
+    parser.add_argument("--no-lpips", action="store_true", help="do not compute LPIPS")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size, help=f"images per pass (default: {d.batch_size})")
+    parser.add_argument("--seed", type=int, default=d.seed, help=f"seed of every random choice (default: {d.seed})")
+    parser.add_argument("--max-test", type=int, default=0, help="cap on test samples (seeded subset; default: all)")
+    parser.add_argument("--max-train", type=int, default=0, help="cap on training samples (seeded subset; default: all)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def config_from_args(args: argparse.Namespace) -> EvaluateConfig:
+    """The `EvaluateConfig` of parsed ``viscoin evaluate`` arguments."""
+    return EvaluateConfig(
+        metrics=tuple(args.metrics), n_faithfulness=args.n_faithfulness, thresholds=tuple(args.thresholds),
+        consistency_lambdas=tuple(args.lambdas), consistency_samples=args.consistency_samples,
+        max_concepts=args.max_concepts, fid_features=args.fid_features, inception_path=args.inception,
+        lpips=not args.no_lpips, lpips_vgg_path=args.lpips_vgg, batch_size=args.batch_size, seed=args.seed,
+        progress=not args.no_progress, max_test_samples=args.max_test, max_train_samples=args.max_train,
+    )
+
+
+def run_evaluate_command(args: argparse.Namespace) -> int:
+    """``viscoin evaluate``: evaluate, write the JSON, print the Markdown tables. Returns the exit status."""
+    from viscoin.cli import resolve_device
+    from viscoin.utils.io import write_json
+
+    cfg = config_from_args(args)
+    device = resolve_device(args.device)
+    result = evaluate_checkpoint(args.checkpoint, cfg, device, args.overrides)
+    out = args.out if args.out is not None else Path(args.checkpoint).resolve().parent / "evaluation.json"
+    write_json(out, result)
+    print(markdown_tables(result))
+    print(f"wrote {out}")
+    return 0

@@ -1,0 +1,94 @@
+"""`viscoin report CHECKPOINT`: write the static HTML report of a trained VisCoIN.
+
+Hooks for `viscoin.cli` (which owns the parser): `add_report_arguments(parser)` and
+`run_report_command(args) -> int`. User errors are raised as ValueError (or subclasses).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def default_out_dir(checkpoint: Path) -> Path:
+    """CHECKPOINT/../report: next to the checkpoint, in its run folder."""
+    return Path(checkpoint).resolve().parent / "report"
+
+
+def read_metrics(path: Path) -> dict[str, Any]:
+    """A metrics JSON (`viscoin evaluate`); ValueError naming the file when it is missing or not a JSON object."""
+    from viscoin.utils.io import read_json
+
+    data = read_json(path, what="metrics file")
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object of metrics (from `viscoin evaluate`), got {type(data).__name__}")
+    return data
+
+
+def evaluate_metrics(checkpoint: Path, overrides: list[str], device: Any) -> dict[str, Any]:
+    """`viscoin evaluate` with its default settings (`viscoin.metrics.evaluate.evaluate_checkpoint`)."""
+    from viscoin.metrics.evaluate import EvaluateConfig, evaluate_checkpoint
+
+    return dict(evaluate_checkpoint(checkpoint, EvaluateConfig(), device, overrides))
+
+
+def default_metrics_file(checkpoint: Path) -> Path | None:
+    """``evaluation.json`` beside the checkpoint (where `viscoin evaluate` writes by default), if it
+    exists and was computed for this checkpoint."""
+    path = Path(checkpoint).resolve().parent / "evaluation.json"
+    if not path.is_file():
+        return None
+    try:
+        data = read_metrics(path)
+    except ValueError:
+        return None
+    recorded = data.get("checkpoint")  # as given to `viscoin evaluate`: may be relative to another folder
+    if recorded is not None and Path(recorded).is_absolute() and Path(recorded).resolve() != Path(checkpoint).resolve():
+        return None
+    return path
+
+
+def add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `viscoin report` on a (sub)parser."""
+    parser.add_argument("checkpoint", type=Path, help="VisCoIN folder written by `viscoin train` (RUN/viscoin)")
+    parser.add_argument("overrides", nargs="*", metavar="data.KEY=VALUE",
+                        help="changes to the data config saved with the model, e.g. data.root=/elsewhere")
+    parser.add_argument("--out", type=Path, default=None, help="report folder (default: CHECKPOINT/../report)")
+    parser.add_argument("--metrics", type=Path, default=None,
+                        help="metrics JSON written by `viscoin evaluate` (default: CHECKPOINT/../evaluation.json if present)")
+    parser.add_argument("--evaluate", action="store_true", help="compute the metrics now (slow; instead of --metrics)")
+    parser.add_argument("--pairs", type=int, default=6, help="most relevant class-concept pairs to show (default: 6)")
+    parser.add_argument("--samples", type=int, default=5, help="most activating samples per pair (default: 5)")
+    parser.add_argument("--lambdas", default="0,1,2,4", help="multipliers of the concept in the sweeps (default: 0,1,2,4)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', ... (default: auto)")
+
+
+def run_report_command(args: argparse.Namespace) -> int:
+    """Run `viscoin report`; prints where the report is."""
+    from viscoin.cli import resolve_device
+    from viscoin.interpret.cli import parse_lambdas
+    from viscoin.report.html import write_report
+
+    if args.metrics is not None and args.evaluate:
+        raise ValueError("give either --metrics FILE or --evaluate, not both")
+    if args.pairs < 1 or args.samples < 1:
+        raise ValueError(f"--pairs and --samples: expected >= 1, got {args.pairs} and {args.samples}")
+    lambdas = parse_lambdas(args.lambdas)
+    device = resolve_device(args.device)
+    out = args.out if args.out is not None else default_out_dir(args.checkpoint)
+    metrics, source = None, ""
+    found = default_metrics_file(args.checkpoint) if args.metrics is None and not args.evaluate else None
+    if args.metrics is not None or found is not None:
+        path = args.metrics if args.metrics is not None else found
+        metrics, source = read_metrics(path), str(path)
+        if found is not None:
+            print(f"using the metrics in {found} (give --metrics FILE to use another file)")
+    elif args.evaluate:
+        metrics, source = evaluate_metrics(args.checkpoint, list(args.overrides), device), "viscoin evaluate (run by the report)"
+    index = write_report(args.checkpoint, out, metrics=metrics, pairs=args.pairs, samples=args.samples,
+                         lambdas=lambdas, data_overrides=list(args.overrides), device=device,
+                         batch_size=args.batch_size, metrics_source=source)
+    print(f"wrote {index} (open it in a browser; figures in {index.parent / 'figures'})")
+    return 0

@@ -1,0 +1,365 @@
+"""`viscoin report`: a self-contained static HTML report of a trained VisCoIN.
+
+``out_dir/index.html`` (inline CSS, no script, nothing fetched from the network) and
+``out_dir/figures/*.png`` linked by relative paths. Contents (method page, "Interpretation" and
+"Evaluation"):
+
+- the model, its data and the training summary saved with the checkpoint;
+- metrics tables: a JSON written by `viscoin evaluate` (``--metrics FILE``), or computed on the
+  spot (``--evaluate``); without either, the report says how to add them;
+- global relevance ``r_{j,c}`` over the training split, as a heat map and as the list of the most
+  relevant class–concept pairs;
+- for each of the top pairs, the figures of the paper's figure 4 and appendix E: the most
+  activating training samples of the class, their λ sweeps (λ = 1 is the reconstruction), the
+  difference images between the largest and smallest λ, the reverse difference and the energy;
+  and the concept's most activating samples over all classes.
+"""
+
+from __future__ import annotations
+
+import datetime
+import html
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import torch
+
+from viscoin.interpret.concepts import DEFAULT_LAMBDAS, ConceptExplainer
+from viscoin.utils.io import atomic_path
+
+FIGURES = "figures"
+
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; margin: 0;
+       color: #1d1d1f; background: #fafafa; line-height: 1.45; }
+main { max-width: 1180px; margin: 0 auto; padding: 24px 28px 64px; }
+h1 { font-size: 1.7em; margin: 0.2em 0 0.1em; } h2 { margin-top: 2em; border-bottom: 1px solid #ddd; padding-bottom: 4px; }
+h3 { margin-top: 1.6em; } .muted { color: #666; } code { background: #eee; padding: 1px 4px; border-radius: 3px; }
+table { border-collapse: collapse; margin: 0.6em 0 1.2em; background: #fff; font-size: 0.93em; }
+th, td { border: 1px solid #ddd; padding: 4px 10px; text-align: left; vertical-align: top; }
+th { background: #f0f0f3; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+figure { margin: 1em 0 1.6em; background: #fff; border: 1px solid #e3e3e3; padding: 10px; display: inline-block;
+         max-width: 100%; box-sizing: border-box; }
+figure img { max-width: 100%; height: auto; display: block; image-rendering: pixelated; }
+figcaption { color: #555; font-size: 0.9em; margin-top: 6px; max-width: 1000px; }
+.note { background: #fff8e1; border: 1px solid #f0d98a; padding: 8px 12px; border-radius: 4px; }
+nav ol { columns: 2; } details { margin: 0.5em 0 1em; } summary { cursor: pointer; color: #444; } .pos { color: #b00020; } .neg { color: #1a4fb0; }
+"""
+
+
+# ---------------------------------------------------------------------------------------------
+# HTML helpers
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            return str(value)
+        return f"{value:.4g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.3e}"
+    return str(value)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f'<td class="num">{_e(_fmt(value))}</td>'
+    if isinstance(value, (list, tuple)) and len(value) <= 12 and all(not isinstance(v, (dict, list)) for v in value):
+        return f"<td>{_e(', '.join(_fmt(v) for v in value))}</td>"
+    if isinstance(value, (dict, list, tuple)):
+        text = json.dumps(value, default=str)
+        return f"<td><code>{_e(text if len(text) <= 200 else text[:197] + '...')}</code></td>"
+    return f"<td>{_e(_fmt(value))}</td>"
+
+
+def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
+    """An HTML table of plain values (numbers right-aligned, everything escaped)."""
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _is_scalar(v: Any) -> bool:
+    return not isinstance(v, (dict, list, tuple)) or (
+        isinstance(v, (list, tuple)) and len(v) <= 12 and all(not isinstance(x, (dict, list, tuple)) for x in v))
+
+
+def dict_tables(data: Mapping[str, Any], level: int = 3, max_rows: int = 200) -> str:
+    """Any JSON-like result as tables: scalars as name/value rows, lists of records as tables,
+    nested dicts as sub-sections."""
+    parts = []
+    scalars = [(k, v) for k, v in data.items() if _is_scalar(v)]
+    if scalars:
+        parts.append(table(scalars, ["name", "value"]))
+    for key, value in data.items():
+        if _is_scalar(value):
+            continue
+        h = min(level, 6)
+        if isinstance(value, Mapping):
+            parts.append(f"<h{h}>{_e(key)}</h{h}>" + dict_tables(value, level + 1, max_rows))
+        elif value and all(isinstance(v, Mapping) for v in value):
+            cols = list(dict.fromkeys(k for v in value for k in v))
+            rows = [[v.get(c, "") for c in cols] for v in value[:max_rows]]
+            more = f'<p class="muted">{len(value) - max_rows} more rows not shown</p>' if len(value) > max_rows else ""
+            parts.append(f"<h{h}>{_e(key)}</h{h}>" + table(rows, cols) + more)
+        else:
+            parts.append(f"<h{h}>{_e(key)}</h{h}>" + table([[value]], ["value"]))
+    return "\n".join(parts)
+
+
+def markdown_to_html(text: str) -> str:
+    """The small Markdown subset of metrics tables: '#' headings, pipe tables, paragraphs, '-' lists."""
+    out: list[str] = []
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i].strip()
+        if not line:
+            i += 1
+        elif line.startswith("#"):
+            level = min(6, len(line) - len(line.lstrip("#")) + 2)
+            out.append(f"<h{level}>{_e(line.lstrip('#').strip())}</h{level}>")
+            i += 1
+        elif line.startswith("|"):
+            block = []
+            while i < len(lines) and lines[i].strip().startswith("|"):
+                block.append([c.strip() for c in lines[i].strip().strip("|").split("|")])
+                i += 1
+            rows = [r for r in block if not all(set(c) <= set(":- ") for c in r)]
+            if rows:
+                head = "".join(f"<th>{_e(c)}</th>" for c in rows[0])
+                body = "".join("<tr>" + "".join(_md_cell(c) for c in r) + "</tr>" for r in rows[1:])
+                out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        elif line.startswith(("- ", "* ")):
+            items = []
+            while i < len(lines) and lines[i].strip().startswith(("- ", "* ")):
+                items.append(f"<li>{_e(lines[i].strip()[2:])}</li>")
+                i += 1
+            out.append("<ul>" + "".join(items) + "</ul>")
+        else:
+            para = []
+            while i < len(lines) and lines[i].strip() and not lines[i].strip().startswith(("#", "|", "- ", "* ")):
+                para.append(lines[i].strip())
+                i += 1
+            out.append(f"<p>{_e(' '.join(para))}</p>")
+    return "\n".join(out)
+
+
+def _md_cell(text: str) -> str:
+    text = text.strip("`")
+    try:
+        float(text.replace("%", "").replace("±", "").split()[0])
+        return f'<td class="num">{_e(text)}</td>'
+    except (ValueError, IndexError):
+        return f"<td>{_e(text)}</td>"
+
+
+def metrics_html(metrics: Mapping[str, Any]) -> str:
+    """The paper-style tables of `viscoin.metrics.evaluate.markdown_tables`, then every value of the
+    result in generic tables (folded). Without those tables (another result format), generic tables only."""
+    try:
+        from viscoin.metrics.evaluate import markdown_tables
+
+        paper = markdown_to_html(markdown_tables(dict(metrics)))
+    except Exception:  # a result that evaluate's tables do not know: show whatever is there
+        paper = ""
+    if not paper.strip():
+        return dict_tables(metrics)
+    return paper + "<details><summary>All values of the evaluation</summary>" + dict_tables(metrics) + "</details>"
+
+
+def figure_html(src: str, alt: str, caption: str = "") -> str:
+    cap = f"<figcaption>{caption}</figcaption>" if caption else ""
+    return f'<figure><img src="{_e(quote(src))}" alt="{_e(alt)}">{cap}</figure>'
+
+
+# ---------------------------------------------------------------------------------------------
+# The report
+
+
+def load_data_config(info: Mapping[str, Any], overrides: Sequence[str] = ()) -> Any:
+    """The DataConfig saved with the checkpoint, changed by ``data.KEY=VALUE`` overrides."""
+    from viscoin.data import DataConfig
+    from viscoin.training.config import parse_override
+    from viscoin.utils.config import ConfigError, config_from_dict
+
+    data = dict((info.get("extra") or {}).get("data") or {})
+    for text in overrides:
+        key, value = parse_override(text)
+        if not key.startswith("data."):
+            raise ConfigError(f"override {text!r}: only data.* settings can be changed here (e.g. data.root=/elsewhere)")
+        data[key[len("data."):]] = value
+    if not data:
+        raise ConfigError("the checkpoint records no data config; give data.kind=... data.root=... data.resolution=...")
+    return config_from_dict(DataConfig, data, "data")
+
+
+def write_report(
+    checkpoint: str | os.PathLike,                # VisCoIN folder (RUN/viscoin)
+    out_dir: str | os.PathLike,                   # report folder: index.html + figures/
+    metrics: Mapping[str, Any] | None = None,     # result of `viscoin evaluate` (JSON), if any
+    pairs: int = 6,                               # most relevant class–concept pairs to show
+    samples: int = 5,                             # most activating samples per pair
+    lambdas: Sequence[float] = DEFAULT_LAMBDAS,
+    data_overrides: Sequence[str] = (),           # data.KEY=VALUE changes to the saved data config
+    device: str | torch.device = "cpu",
+    batch_size: int = 32,
+    model: Any = None,                            # an already loaded VisCoIN (tests); default: load it
+    metrics_source: str = "",                     # where the metrics came from (shown in the report)
+) -> Path:
+    """Write the report; returns the path of ``index.html``."""
+    from viscoin.data import build_dataset
+    from viscoin.interpret.cli import class_names
+    from viscoin.interpret.plot import matrix_figure, pair_figure, samples_figure, save_figure
+    from viscoin.model.viscoin import load_viscoin, read_viscoin_info
+    from viscoin.utils.config import ConfigError
+
+    if pairs < 1 or samples < 1:
+        raise ValueError(f"pairs and samples: expected >= 1, got {pairs} and {samples}")
+    if len(lambdas) < 2:
+        raise ValueError(f"lambdas: expected at least two values, got {list(lambdas)}")
+    checkpoint = Path(checkpoint)
+    info = read_viscoin_info(checkpoint)
+    data_cfg = load_data_config(info, data_overrides)
+    if model is None:
+        model = load_viscoin(checkpoint, device=device)
+    if data_cfg.resolution != model.resolution:
+        raise ConfigError(f"data.resolution={data_cfg.resolution} but the model takes {model.resolution}x{model.resolution}")
+    names = class_names(info, model.num_classes)
+    train = build_dataset(data_cfg, "train", augment=False)
+    if train.num_classes != model.num_classes:
+        raise ConfigError(f"the model has {model.num_classes} classes but {data_cfg.root} has {train.num_classes}")
+
+    out_dir = Path(out_dir)
+    fig_dir = out_dir / FIGURES
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    written: set[str] = set()
+
+    def save(name: str, fig: Any) -> str:
+        save_figure(fig_dir / name, fig)
+        written.add(name)
+        return f"{FIGURES}/{name}"
+
+    explainer = ConceptExplainer(model, batch_size=batch_size)
+    acts = explainer.activations(train)
+    global_rel = explainer.global_relevance(acts)                        # [C, K]
+    top = [p for p in explainer.top_pairs(global_rel, pairs) if p[2] > 0]
+    k = model.config.num_concepts
+
+    # -- figures ----------------------------------------------------------------------------------
+    rel_src = save("global-relevance.png", matrix_figure(
+        global_rel, [f"global relevance r(j, c) over the training split ({len(train)} images)",
+                     "rows: classes, columns: concepts; red positive, blue negative, white 0"], names))
+    pair_sections = []
+    concept_src: dict[int, str] = {}
+    for rank, (c, j, r) in enumerate(top, 1):
+        ma = explainer.most_activating(acts, j, samples, per_class=c)
+        images = torch.stack([train[int(i)]["image"] for i in ma["indices"]])
+        sweeps = explainer.lambda_sweep(images, j, lambdas)               # [M, L, 3, R, R]
+        src = save(f"pair-{rank:02d}-class{c}-concept{j}.png",
+                   pair_figure(names[c], j, r, images, [float(a) for a in ma["activations"]], sweeps, lambdas))
+        if j not in concept_src:
+            overall = explainer.most_activating(acts, j, max(samples, 8))
+            imgs = torch.stack([train[int(i)]["image"] for i in overall["indices"]])
+            caps = [f"{names[int(y)][:14]} {float(a):.2f}" for y, a in zip(overall["labels"], overall["activations"])]
+            concept_src[j] = save(f"concept-{j}-most-activating.png", samples_figure(
+                f"concept {j}: most activating training samples, all classes (class, a_j)", imgs, caps))
+        class_rel = explainer.class_top_concepts(global_rel, c, k=5, threshold=0.01)
+        others = ", ".join(f"{int(cj)} ({float(cr):+.2f})" for cj, cr in zip(class_rel["concepts"], class_rel["relevance"]))
+        pair_sections.append(
+            f'<section id="pair-{rank}"><h3>{rank}. class {_e(names[c])} · concept {j} '
+            f'<span class="pos">r = {r:+.3f}</span></h3>'
+            f'<p class="muted">Most relevant concepts of this class: {_e(others)}.</p>'
+            + figure_html(src, f"class {names[c]}, concept {j}",
+                          f"The {len(ma['indices'])} training images of class {_e(names[c])} on which concept {j} "
+                          f"is most active (pooled activation a), each regenerated with φ<sub>{j}</sub> multiplied by "
+                          f"λ ∈ {{{', '.join(f'{v:g}' for v in lambdas)}}} (λ = 1: the reconstruction; Φ' and the "
+                          f"noise are fixed). Δ rows: where (and in which colour) the image gains from λ = "
+                          f"{min(lambdas):g} to λ = {max(lambdas):g}, and the reverse; energy: per-pixel squared "
+                          f"difference.")
+            + figure_html(concept_src[j], f"concept {j}, most activating samples",
+                          f"Concept {j} over all classes: the training images it activates most.")
+            + "</section>")
+
+    # -- text -------------------------------------------------------------------------------------
+    extra = info.get("extra") or {}
+    model_rows = [["checkpoint", str(checkpoint.resolve())], ["concepts K", str(k)], ["classes C", str(model.num_classes)],
+                  ["resolution", f"{model.resolution}×{model.resolution}"], ["support branch Φ'", str(model.config.use_support)],
+                  ["data", f"{data_cfg.kind}: {data_cfg.root}"], ["training images", str(len(train))]]
+    if "perceptual" in extra:
+        model_rows.append(["perceptual term", str(extra["perceptual"])])
+    train_summary = extra.get("test")
+    summary_html = ""
+    if isinstance(train_summary, Mapping) and train_summary:
+        summary_html = ("<h3>Test summary saved at the end of training</h3>" + dict_tables(train_summary))
+    if metrics:
+        src_note = f'<p class="muted">From {_e(metrics_source)}.</p>' if metrics_source else ""
+        metrics_part = src_note + metrics_html(metrics)
+    else:
+        metrics_part = (
+            '<p class="note">No evaluation metrics in this report. Compute them with '
+            f"<code>viscoin evaluate {_e(checkpoint)}</code> (it writes <code>evaluation.json</code> beside the "
+            f"checkpoint, which the report then picks up) and rebuild the report with <code>viscoin report "
+            f"{_e(checkpoint)}</code> (or <code>--metrics FILE</code>), or let the report compute them: "
+            f"<code>viscoin report {_e(checkpoint)} --evaluate</code>.</p>")
+    if top:
+        pair_rows = [[i, names[c], j, f"{r:+.3f}"] for i, (c, j, r) in enumerate(top, 1)]
+        pairs_html = (table(pair_rows, ["#", "class c", "concept j", "r(j, c)"])
+                      + "<nav><ol>" + "".join(f'<li><a href="#pair-{i}">class {_e(names[c])} · concept {j}</a></li>'
+                                              for i, (c, j, _) in enumerate(top, 1)) + "</ol></nav>")
+    else:
+        pairs_html = '<p class="note">No class–concept pair has a positive global relevance.</p>'
+    now = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    doc = f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,">
+<title>VisCoIN report: {_e(checkpoint.name)}</title>
+<style>{CSS}</style>
+</head>
+<body>
+<main>
+<h1>VisCoIN report</h1>
+<p class="muted">{_e(checkpoint.resolve())} · written {now} · viscoin (Parekh et al., ICLR 2025)</p>
+
+<h2>Model</h2>
+{table(model_rows, ["setting", "value"])}
+
+<h2>Metrics</h2>
+{metrics_part}
+{summary_html}
+
+<h2>Global relevance</h2>
+<p>Local relevance of concept j for image x: r(j, x) = a<sub>j</sub>(x) W<sub>j,ĉ</sub> / max<sub>l</sub>
+|a<sub>l</sub>(x) W<sub>l,ĉ</sub>| for the predicted class ĉ; the global relevance r(j, c) is its mean over the
+training images of class c (paper section 3.5).</p>
+{figure_html(rel_src, "global relevance heat map", "Global relevance of every concept (columns) for every class (rows).")}
+<h3>Most relevant class–concept pairs</h3>
+{pairs_html}
+
+<h2>Concepts of the most relevant pairs</h2>
+<p>As in the paper's figure 4 and appendix E: concept j is visualised by scaling its activation map
+φ<sub>j</sub>(x) by λ and regenerating G(w̄ + Ω(Φ<sub>λ</sub>(x), Φ'(x))); λ = 0 removes the concept,
+λ = 1 is the reconstruction, larger λ exaggerates it.</p>
+{''.join(pair_sections)}
+</main>
+</body>
+</html>
+"""
+    index = out_dir / "index.html"
+    with atomic_path(index) as tmp:
+        tmp.write_text(doc, encoding="utf-8")
+    for stale in fig_dir.glob("*.png"):  # figures of an earlier report in the same folder
+        if stale.name not in written:
+            stale.unlink()
+    return index
