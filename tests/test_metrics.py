@@ -230,16 +230,12 @@ def test_fidelity_pass_fid_with_a_tiny_extractor():
     assert out["accuracy_g"] == pytest.approx((pred_g == ds.y).float().mean().item())
 
 
-def test_missing_inception_weights_give_a_clear_error(tmp_path):
+def test_missing_inception_weights_give_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match=r"weights-inception-2015-12-05-6726825d\.pth.*--fid-features classifier"):
         InceptionFeatures(tmp_path / "nope.pth")
-    hub = torch.hub.get_dir()
-    torch.hub.set_dir(str(tmp_path / "hub"))
-    try:
-        with pytest.raises(FileNotFoundError, match=r"torch hub's cache file .*hub/checkpoints/weights-inception"):
-            InceptionFeatures()
-    finally:
-        torch.hub.set_dir(hub)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # restored afterwards (torch.hub.set_dir would stick)
+    with pytest.raises(FileNotFoundError, match=r"torch hub's cache file .*hub/checkpoints/weights-inception"):
+        InceptionFeatures()
 
 
 def test_inception_features_load_a_local_weights_file(tmp_path, monkeypatch):
