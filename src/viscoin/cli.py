@@ -177,6 +177,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fp16", action="store_true", help="float16 in the high-resolution blocks (CUDA)")
     p.set_defaults(func=cmd_generator_sample)
 
+    from viscoin.stylegan.train import add_train_arguments, run_train_command
+
+    p = gsub.add_parser(
+        "train",
+        help="train or fine-tune a StyleGAN2-ADA generator (--config auto | cub | cars | tiny)",
+        description="StyleGAN2-ADA training with viscoin's networks. Any config field can be overridden: KEY=VALUE.",
+    )
+    add_train_arguments(p)
+    p.set_defaults(func=run_train_command)
+
     p = gsub.add_parser("info", help="print a network's config and size")
     p.add_argument("path", type=Path, help="viscoin network folder or official .pkl")
     p.set_defaults(func=cmd_generator_info)

@@ -1,0 +1,740 @@
+"""Training and fine-tuning the StyleGAN2 generator with adaptive discriminator augmentation.
+
+    viscoin generator train --config auto --data /data/images run.out_dir=runs/g-mine
+    viscoin generator train --config cub --data /data/CUB_200_2011 init.source=imagenet.pkl run.out_dir=runs/g-cub
+    viscoin generator train --config cub --data /data/CUB_200_2011 init.source=imagenet.pkl run.out_dir=runs/g-cub \
+        --resume
+
+StyleGAN2-ADA (Karras et al. 2020) written from ``shared/docs/stylegan2-ada-training.md`` §2-3:
+non-saturating logistic loss, lazy R1 and path-length regularisation with the matching Adam
+settings, style mixing, the moving-average generator G_ema, ADA (`viscoin.stylegan.augment`) and
+the 'auto' configuration. Fine-tuning starts from an official ``.pkl`` or from one of our runs,
+copying tensors by name as the official ``--resume`` does (§2.6).
+
+Read top to bottom: the config, the 'auto' formulas, data, networks and optimisers, the losses,
+samples and FID, the training loop, the command line. The loop runs on `viscoin.training.Runner`
+(devices, DDP, precision, logs, exact resume). Outputs in ``run.out_dir``: ``config.yaml`` (the
+resolved config), ``checkpoints/`` (resumable state), ``logs/`` (TensorBoard + CSV),
+``samples/`` (image grids at fixed seeds), ``G_ema/``, ``G/``, ``D/`` (our checkpoint format,
+with the final augmentation probability in their extras) and ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from viscoin.data import DataConfig, ImageDataset, build_dataset
+from viscoin.stylegan.augment import AdaController, AugmentConfig, AugmentPipe
+from viscoin.stylegan.checkpoint import load_network, read_checkpoint_info, save_network
+from viscoin.stylegan.config import (
+    DiscriminatorConfig,
+    GeneratorConfig,
+    MappingConfig,
+    SynthesisConfig,
+)
+from viscoin.stylegan.discriminator import Discriminator
+from viscoin.stylegan.generator import Generator
+from viscoin.stylegan.sampling import sample
+from viscoin.training.config import RunConfig
+from viscoin.training.runner import Runner
+from viscoin.utils.config import ConfigError, DictConfig
+from viscoin.utils.images import image_grid, save_image, to_uint8
+from viscoin.utils.io import write_json
+
+AUTO = "auto"
+Auto = Literal["auto"]
+
+# ----------------------------------------------------------------------------------------------
+# Config
+
+
+@dataclass(frozen=True)
+class LossConfig(DictConfig):
+    """StyleGAN2 loss and its lazy regularisation (§2.2-2.3)."""
+
+    r1_gamma: float | Auto = AUTO                   # R1 weight gamma (auto: 0.0002 res^2 / batch)
+    pl_weight: float = 2.0                          # path-length regularisation weight (0: off)
+    pl_batch_shrink: int = 2                        # path-length batch = per-device batch // this
+    pl_decay: float = 0.01                          # decay of the running mean path length
+    style_mixing_prob: float = 0.9                  # probability of mixing two latents in a G forward
+    G_reg_interval: int = 4                         # path-length phase every N iterations (lazy)
+    D_reg_interval: int = 16                        # R1 phase every N iterations (lazy)
+
+    def __post_init__(self) -> None:
+        if self.r1_gamma != AUTO and self.r1_gamma < 0:
+            raise ConfigError(f"loss.r1_gamma: expected >= 0, got {self.r1_gamma}")
+        if self.pl_weight < 0 or not 0 <= self.style_mixing_prob <= 1:
+            raise ConfigError("loss.pl_weight: expected >= 0; loss.style_mixing_prob: expected in [0, 1]")
+        if min(self.pl_batch_shrink, self.G_reg_interval, self.D_reg_interval) < 1:
+            raise ConfigError("loss.pl_batch_shrink, loss.G_reg_interval, loss.D_reg_interval: expected >= 1")
+
+
+@dataclass(frozen=True)
+class OptimConfig(DictConfig):
+    """Adam for G and D; lr and betas are adjusted for lazy regularisation (§2.2)."""
+
+    lr: float | Auto = AUTO                         # learning rate of G and D (auto: 0.0025, 0.002 from 1024 px)
+    betas: tuple[float, float] = (0.0, 0.99)        # Adam betas
+    eps: float = 1e-8                               # Adam epsilon
+
+    def __post_init__(self) -> None:
+        if self.lr != AUTO and not self.lr > 0:
+            raise ConfigError(f"optim.lr: expected > 0, got {self.lr}")
+
+
+@dataclass(frozen=True)
+class EmaConfig(DictConfig):
+    """The moving-average generator G_ema (§2.4)."""
+
+    kimg: float | Auto = AUTO                       # half-life in thousands of images (auto: batch * 10 / 32)
+    rampup: float | None | Auto = AUTO              # half-life <= this * images shown (auto: 0.05, none if fine-tuning)
+
+
+@dataclass(frozen=True)
+class InitConfig(DictConfig):
+    """Fine-tuning: where the starting weights come from (§2.6)."""
+
+    source: str = ""                                # official .pkl, a viscoin run folder (G/, G_ema/, D/) or a G folder
+    architecture: Literal["config", "source"] = "config"  # build the networks from this config or from the source's
+    augment_p: bool = True                          # start ADA at the source's p (when it has one)
+
+
+@dataclass(frozen=True)
+class SamplesConfig(DictConfig):
+    """Image grids of G_ema at fixed seeds, written to ``samples/``."""
+
+    every_kimg: float = 200.0                       # a grid every N kimg (also at the start and the end; 0: only those)
+    grid: int = 32                                  # images per grid: seeds 0 .. grid-1 (classes cycle if conditional)
+
+
+@dataclass(frozen=True)
+class FidConfig(DictConfig):
+    """FID of G_ema against the training images (needs torchmetrics + torch-fidelity and its Inception weights)."""
+
+    every_kimg: float = 0.0                         # every N kimg and at the end (0: off)
+    num_images: int = 10000                         # generated images (and at most this many real ones)
+
+
+@dataclass(frozen=True)
+class GeneratorTrainConfig(DictConfig):
+    """Everything `viscoin generator train` needs. Fields set to "auto" come from `cfg_preset`.
+
+    The networks' `img_resolution` is `data.resolution` and their `c_dim` is the number of
+    classes when `conditional` (0 otherwise); the values in `generator` / `discriminator` are replaced.
+    """
+
+    data: DataConfig = field(default_factory=lambda: DataConfig(kind="folder"))
+    generator: GeneratorConfig = field(default_factory=lambda: GeneratorConfig(
+        mapping=MappingConfig(num_layers=2), synthesis=SynthesisConfig(num_fp16_res=4, conv_clamp=256)))
+    discriminator: DiscriminatorConfig = field(default_factory=lambda: DiscriminatorConfig(
+        num_fp16_res=4, conv_clamp=256))
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    ema: EmaConfig = field(default_factory=EmaConfig)
+    init: InitConfig = field(default_factory=InitConfig)
+    samples: SamplesConfig = field(default_factory=SamplesConfig)
+    fid: FidConfig = field(default_factory=FidConfig)
+    cfg_preset: Literal["auto", "none"] = "auto"    # auto: the official 'auto' formulas (§2.5) fill the "auto" fields
+    fmaps: float | None | Auto = AUTO               # G and D channel_base = fmaps * 32768 (auto: 1 from 512 px,
+                                                    # else 0.5; null: keep the sections' channel_base)
+    batch_size: int | Auto = AUTO                   # images per iteration over all devices (auto: §2.5)
+    kimg: float = 25000.0                           # training length in thousands of real images shown
+    conditional: bool = False                       # class-conditional G and D (labels from the dataset's classes)
+    mirror: bool = False                            # add x-flipped copies of the training images (official --mirror)
+    fp16_blocks: bool | Auto = AUTO                 # float16 in the num_fp16_res highest-resolution blocks of G and D,
+                                                    # as the official training (auto: on CUDA); run.precision: 32-true
+    tick_kimg: float = 4.0                          # print a status line every N kimg
+    run: RunConfig = field(default_factory=lambda: RunConfig(out_dir="runs/generator"))
+
+    def __post_init__(self) -> None:
+        if self.batch_size != AUTO and self.batch_size < 1:
+            raise ConfigError(f"batch_size: expected >= 1 or 'auto', got {self.batch_size}")
+        if self.kimg < 0 or self.tick_kimg <= 0:
+            raise ConfigError("kimg: expected >= 0; tick_kimg: expected > 0")
+        if self.fmaps not in (None, AUTO) and not self.fmaps > 0:
+            raise ConfigError(f"fmaps: expected > 0, null or 'auto', got {self.fmaps}")
+
+
+# ----------------------------------------------------------------------------------------------
+# The 'auto' configuration (§2.5)
+
+
+def auto_settings(resolution: int, gpus: int) -> dict[str, Any]:
+    """The official 'auto' cfg for a dataset resolution and a number of GPUs."""
+    batch = max(min(gpus * min(4096 // resolution, 32), 64), gpus)
+    return {
+        "batch_size": batch,
+        "mbstd": min(batch // gpus, 4),
+        "fmaps": 1.0 if resolution >= 512 else 0.5,
+        "lr": 0.002 if resolution >= 1024 else 0.0025,
+        "r1_gamma": 0.0002 * resolution**2 / batch,
+        "ema_kimg": batch * 10 / 32,
+        "ema_rampup": 0.05,
+        "map": 2,
+    }
+
+
+def resolve_config(
+    cfg: GeneratorTrainConfig,
+    num_classes: int,                               # classes of the training set
+    source: InitSource | None = None,               # the fine-tuning source, when architecture=source
+) -> GeneratorTrainConfig:
+    """The config with no "auto" left: preset formulas, resolution and labels written into the networks."""
+    gpus = cfg.run.devices * cfg.run.num_nodes
+    fine_tune = bool(cfg.init.source)
+    if cfg.run.precision not in ("auto", "32-true"):
+        raise ConfigError(f"run.precision={cfg.run.precision}: the StyleGAN2 networks run their own float16 blocks "
+                          "(fp16_blocks, as the official training); use run.precision=32-true (or auto)")
+    G, D, data = cfg.generator, cfg.discriminator, cfg.data
+    from_source = cfg.init.architecture == "source" and source is not None
+    if from_source:
+        G = source.G_ema.config
+        data = dataclasses.replace(data, resolution=G.img_resolution)
+    res = data.resolution
+    preset = auto_settings(res, gpus) if cfg.cfg_preset == AUTO else {}
+
+    def pick(value: Any, key: str, name: str) -> Any:
+        if value != AUTO:
+            return value
+        if key not in preset:
+            raise ConfigError(f"{name}: 'auto' needs cfg_preset=auto; give a value with cfg_preset=none")
+        return preset[key]
+
+    batch = pick(cfg.batch_size, "batch_size", "batch_size")
+    rampup = cfg.ema.rampup
+    if rampup == AUTO:
+        rampup = None if fine_tune else preset.get("ema_rampup")
+    ada_kimg = cfg.augment.kimg if cfg.augment.kimg != AUTO else (100.0 if fine_tune else 500.0)
+    c_dim = num_classes if cfg.conditional else 0
+
+    fmaps = cfg.fmaps if cfg.fmaps != AUTO else preset.get("fmaps")
+    base = int(fmaps * 32768) if fmaps is not None else None
+    if not from_source:
+        syn = dataclasses.replace(G.synthesis, channel_base=base) if base else G.synthesis
+        G = dataclasses.replace(G, img_resolution=res, c_dim=c_dim, img_channels=3, synthesis=syn)
+    if from_source and source.D is not None:
+        D = source.D.config
+    else:
+        D = dataclasses.replace(D, img_resolution=res, c_dim=c_dim, img_channels=3, channel_base=base or D.channel_base)
+    if from_source:
+        if G.c_dim != c_dim or D.c_dim != c_dim:
+            raise ConfigError(f"init.source {source.path}: its networks have c_dim {G.c_dim}/{D.c_dim}, but the "
+                              f"data gives {c_dim} (conditional={cfg.conditional}, {num_classes} classes)")
+        if D.img_resolution != res:
+            raise ConfigError(f"init.source {source.path}: G is {res} px but D is {D.img_resolution} px")
+    batch_gpu = batch // gpus
+    if batch % gpus != 0:
+        raise ConfigError(f"batch_size={batch} is not divisible by the {gpus} devices")
+    group = min(D.epilogue.mbstd_group_size or batch_gpu, batch_gpu)
+    if batch_gpu % group != 0:
+        raise ConfigError(f"batch_size: {batch_gpu} images per device is not a multiple of the minibatch-stddev "
+                          f"group {group} (discriminator.epilogue.mbstd_group_size)")
+    return dataclasses.replace(
+        cfg, data=data, generator=G, discriminator=D, cfg_preset="none", fmaps=None, batch_size=batch,
+        run=dataclasses.replace(cfg.run, precision="32-true"),
+        loss=dataclasses.replace(cfg.loss, r1_gamma=pick(cfg.loss.r1_gamma, "r1_gamma", "loss.r1_gamma")),
+        optim=dataclasses.replace(cfg.optim, lr=pick(cfg.optim.lr, "lr", "optim.lr")),
+        ema=dataclasses.replace(cfg.ema, kimg=pick(cfg.ema.kimg, "ema_kimg", "ema.kimg"), rampup=rampup),
+        augment=dataclasses.replace(cfg.augment, kimg=ada_kimg),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+
+
+class GanImages(torch.utils.data.Dataset):
+    """The training images as the GAN sees them: whole images, optionally with x-flipped copies
+    (`mirror`), repeated so that one epoch holds at least `min_len` images (tiny datasets)."""
+
+    def __init__(self, images: ImageDataset, mirror: bool, min_len: int) -> None:
+        self.images = images
+        self.mirror = mirror
+        self.distinct = len(images) * (2 if mirror else 1)
+        self.length = self.distinct * max(1, math.ceil(min_len / self.distinct))
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        index = key[0] if isinstance(key, (tuple, list)) else key
+        i = index % self.distinct
+        item = self.images[i % len(self.images)]
+        image = item["image"].flip(2) if i >= len(self.images) else item["image"]
+        return {"image": image, "label": item["label"]}
+
+
+# ----------------------------------------------------------------------------------------------
+# Networks, optimisers, G_ema, fine-tuning sources
+
+
+class MixingGenerator(nn.Module):
+    """G's training forward (§2.3): mapping with style mixing, then synthesis; returns (images, ws).
+
+    One module so that DDP sees one forward per backward; the parameters are G's.
+    """
+
+    def __init__(self, G: Generator, style_mixing_prob: float, fp16: bool = False) -> None:
+        super().__init__()
+        self.G = G
+        self.style_mixing_prob = style_mixing_prob
+        self.fp16 = fp16
+
+    def forward(self, z: torch.Tensor, c: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        ws = self.G.mapping(z, c)                                    # updates w_avg in training mode
+        if self.style_mixing_prob > 0:
+            num_ws = ws.shape[1]
+            cutoff = int(torch.randint(1, num_ws, ()))
+            if float(torch.rand(())) >= self.style_mixing_prob:
+                cutoff = num_ws                                      # no mixing this time
+            ws[:, cutoff:] = self.G.mapping(torch.randn_like(z), c, update_w_avg=False)[:, cutoff:]
+        return self.G.synthesis(ws, fp16=self.fp16), ws
+
+
+def lazy_adam(params: Any, cfg: OptimConfig, reg_interval: int) -> torch.optim.Adam:
+    """Adam with lr and betas scaled for a regulariser run every `reg_interval` iterations (§2.2)."""
+    c = reg_interval / (reg_interval + 1)
+    assert cfg.lr != AUTO
+    return torch.optim.Adam(params, lr=cfg.lr * c, betas=(cfg.betas[0] ** c, cfg.betas[1] ** c), eps=cfg.eps)
+
+
+def ema_beta(cur_nimg: int, batch_size: int, ema_kimg: float, rampup: float | None) -> float:
+    """G_ema decay of one iteration (§2.4); 0 on the first iteration with a ramp-up."""
+    ema_nimg = ema_kimg * 1000
+    if rampup is not None:
+        ema_nimg = min(ema_nimg, cur_nimg * rampup)
+    return 0.5 ** (batch_size / max(ema_nimg, 1e-8))
+
+
+@torch.no_grad()
+def update_ema(G_ema: nn.Module, G: nn.Module, beta: float) -> None:
+    """p_ema <- p + beta (p_ema - p) for every parameter; buffers (w_avg included) copied from G."""
+    for p_ema, p in zip(G_ema.parameters(), G.parameters()):
+        p_ema.copy_(p.detach().lerp(p_ema, beta))
+    for b_ema, b in zip(G_ema.buffers(), G.buffers()):
+        b_ema.copy_(b)
+
+
+@dataclass
+class InitSource:
+    """Networks to fine-tune from, read from an official pickle or one of our folders."""
+
+    path: str
+    G: nn.Module | None
+    G_ema: nn.Module
+    D: nn.Module | None
+    augment_p: float | None
+
+
+def read_init_source(path: str) -> InitSource:
+    """An official ``.pkl``, a folder with ``G_ema/`` (+ ``G/``, ``D/``), or a single generator folder."""
+    p = Path(path).expanduser()
+    if p.suffix.lower() in (".pkl", ".pickle"):
+        from viscoin.stylegan.official import load_official
+
+        nets = load_official(p)
+        assert nets.G_ema is not None
+        return InitSource(str(p), nets.G, nets.G_ema, nets.D, nets.augment_p)
+    if (p / "G_ema" / "config.json").is_file():
+        found = {k: load_network(p / k) for k in ("G", "G_ema", "D") if (p / k / "config.json").is_file()}
+        extra = read_checkpoint_info(p / ("D" if "D" in found else "G_ema")).get("extra", {})
+        return InitSource(str(p), found.get("G"), found["G_ema"], found.get("D"), extra.get("augment_p"))
+    if (p / "config.json").is_file():
+        info = read_checkpoint_info(p)
+        if info["network"] != "generator":
+            raise ConfigError(f"init.source {p}: holds a {info['network']}; expected a generator or a run folder")
+        G = load_network(p)
+        return InitSource(str(p), G, G, None, info.get("extra", {}).get("augment_p"))
+    raise ConfigError(f"init.source {p}: expected an official .pkl, a folder with G_ema/ (a viscoin generator "
+                      "run) or a generator folder (config.json + weights.safetensors)")
+
+
+@torch.no_grad()
+def copy_by_name(dst: nn.Module, src: nn.Module, where: str) -> list[str]:
+    """Copy each parameter and buffer of `src` whose name exists in `dst` (§2.6); returns the names left alone."""
+    own, theirs = dst.state_dict(), src.state_dict()
+    bad = [f"{k} {list(own[k].shape)} vs {list(theirs[k].shape)}" for k in own
+           if k in theirs and own[k].shape != theirs[k].shape]
+    if bad:
+        raise ConfigError(f"init.source {where}: tensors of different shapes ({len(bad)}): {bad[:4]}; build the "
+                          "networks like the source (init.architecture=source) or match the config to it")
+    for k, t in own.items():
+        if k in theirs:
+            t.copy_(theirs[k])
+    return [k for k in own if k not in theirs]
+
+
+# ----------------------------------------------------------------------------------------------
+# Losses (§2.3). D(.) always sees augmented images.
+
+
+def run_D(D: nn.Module, pipe: AugmentPipe | None, img: torch.Tensor, c: torch.Tensor | None,
+          fp16: bool = False) -> torch.Tensor:
+    """D's float32 logits [N, 1] on the augmented images."""
+    if pipe is not None:
+        img = pipe(img)
+    return D(img, c, fp16=fp16).float()
+
+
+def r1_penalty(D: nn.Module, pipe: AugmentPipe | None, real: torch.Tensor, c: torch.Tensor | None,
+               fp16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample squared norm of dD(aug(x))/dx at the un-augmented reals x, and the logits."""
+    real = real.detach().requires_grad_(True)
+    logits = run_D(D, pipe, real, c, fp16)
+    (grad,) = torch.autograd.grad(logits.sum(), real, create_graph=True)
+    return grad.square().sum(dim=[1, 2, 3]), logits
+
+
+def path_length_penalty(img: torch.Tensor, ws: torch.Tensor, pl_mean: torch.Tensor,
+                        decay: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample (|J_w^T y| - a)^2 with y ~ N(0, 1) / sqrt(HW), and the updated running mean a."""
+    y = torch.randn_like(img) / math.sqrt(img.shape[2] * img.shape[3])
+    (grad,) = torch.autograd.grad((img * y).sum(), ws, create_graph=True)
+    lengths = grad.square().sum(dim=2).mean(dim=1).sqrt()
+    new_mean = pl_mean.lerp(lengths.mean(), decay)                   # keeps its graph, as in §2.3
+    return (lengths - new_mean).square(), new_mean.detach()
+
+
+def finish_step(opt: torch.optim.Optimizer, module: nn.Module) -> None:
+    """NaN gradients -> 0, clamp to +-1e5, then the optimiser step (§2.2)."""
+    for p in module.parameters():
+        if p.grad is not None:
+            torch.nan_to_num(p.grad, nan=0.0, posinf=1e5, neginf=-1e5, out=p.grad).clamp_(-1e5, 1e5)
+    opt.step()
+
+
+# ----------------------------------------------------------------------------------------------
+# Samples and FID
+
+
+@torch.no_grad()
+def fake_grid(G: Generator, num: int) -> np.ndarray:
+    """uint8 grid of G at seeds 0..num-1 (const noise); conditional: seed s gets class s mod c_dim."""
+    if G.c_dim == 0:
+        images = sample(G, list(range(num)))[0]
+    else:
+        images = torch.cat([sample(G, [s], class_idx=s % G.c_dim)[0] for s in range(num)])
+    return image_grid(to_uint8(images))
+
+
+class Fid:
+    """FID of a generator against real images with torchmetrics' FrechetInceptionDistance.
+
+    `Fid.create` returns None (after one notice) when the metric cannot be built here: torchmetrics
+    or torch-fidelity missing, or the Inception weights not downloadable (offline).
+    """
+
+    def __init__(self, metric: Any, num_images: int) -> None:
+        self.metric = metric
+        self.num_images = num_images
+        self.has_reals = False
+
+    @staticmethod
+    def create(num_images: int, device: torch.device, printer: Any = print) -> Fid | None:
+        try:
+            from torchmetrics.image.fid import FrechetInceptionDistance
+
+            metric = FrechetInceptionDistance(feature=2048, reset_real_features=False, sync_on_compute=False)
+            return Fid(metric.to(device), num_images)
+        except Exception as exc:  # ImportError, ModuleNotFoundError, download errors: all mean "not here"
+            printer(f"notice: FID skipped, no Inception feature extractor available ({type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0] if str(exc) else ''}). Install torchmetrics[image] (torch-fidelity) "
+                    "and make its Inception weights available in the torch hub cache to enable it.")
+            return None
+
+    @torch.no_grad()
+    def __call__(self, G: Generator, reals: torch.utils.data.Dataset, c_pool: torch.Tensor | None) -> float:
+        dev = G.device
+        if not self.has_reals:
+            n = min(len(reals), self.num_images)
+            for start in range(0, n, 64):
+                batch = torch.stack([reals[i]["image"] for i in range(start, min(start + 64, n))])
+                self.metric.update(torch.from_numpy(to_uint8(batch)).permute(0, 3, 1, 2).to(dev), real=True)
+            self.has_reals = True
+        self.metric.reset()                                         # keeps the real features
+        gen = torch.Generator(device="cpu").manual_seed(123)
+        for start in range(0, self.num_images, 64):
+            n = min(64, self.num_images - start)
+            z = torch.randn(n, G.z_dim, generator=gen).to(dev)
+            c = c_pool[torch.randint(len(c_pool), (n,), generator=gen)].to(dev) if c_pool is not None else None
+            img = G.synthesis(G.map(z, c), noise_mode="const")
+            self.metric.update(torch.from_numpy(to_uint8(img)).permute(0, 3, 1, 2).to(dev), real=False)
+        return float(self.metric.compute())
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+
+
+def train_generator(cfg: GeneratorTrainConfig, resume: bool = False) -> dict[str, Any]:
+    """Train (or fine-tune) G and D; returns the final metrics. See the module docstring for outputs."""
+    source = read_init_source(cfg.init.source) if cfg.init.source else None
+    num_classes = build_dataset(cfg.data, "train", augment=False).num_classes
+    cfg = resolve_config(cfg, num_classes, source)
+    train_set = build_dataset(cfg.data, "train", augment=False)
+
+    runner = Runner(cfg.run, cfg)
+    dev, world = runner.device, runner.world_size
+    fp16 = cfg.fp16_blocks if cfg.fp16_blocks != AUTO else dev.type == "cuda"
+    if dev.type == "cuda":  # as the official training: cuDNN autotuning, no TF32 (§2.5)
+        torch.backends.cudnn.benchmark = not cfg.run.deterministic
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    batch_size = int(cfg.batch_size)
+    batch_gpu = batch_size // world
+    dataset = GanImages(train_set, cfg.mirror, min_len=batch_size)
+    steps_per_epoch = runner.steps_per_epoch(len(dataset), batch_gpu)
+    total_iters = math.ceil(cfg.kimg * 1000 / batch_size)
+    c_dim = cfg.generator.c_dim
+    c_pool = F.one_hot(torch.tensor([y for _, y in train_set.samples]), c_dim).float() if c_dim else None
+
+    # Networks. G_ema and the augmentation pipe are not trained by an optimiser.
+    G, D = Generator(cfg.generator).train(), Discriminator(cfg.discriminator).train()
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+    pipe = AugmentPipe(cfg.augment) if cfg.augment.mode != "noaug" else None
+    ada = None
+    if pipe is not None:
+        ada = AdaController(pipe, batch_size, cfg.augment.target if cfg.augment.mode == "ada" else None,
+                            cfg.augment.interval, float(cfg.augment.kimg))
+    pl_mean = torch.zeros([], device=dev)
+    cur_nimg, batch_idx, rt, fid_history = 0, 0, None, []
+
+    resumed = runner.resume_state(resume)
+    if resumed is not None:
+        _, state = resumed
+        G.load_state_dict(state["G"])
+        D.load_state_dict(state["D"])
+        G_ema.load_state_dict(state["G_ema"])
+        if pipe is not None and ada is not None:
+            pipe.load_state_dict(state["augment"])
+            ada.load_state_dict(state["ada"])
+        pl_mean = state["pl_mean"].to(dev)
+        cur_nimg, batch_idx, rt, fid_history = state["cur_nimg"], state["batch_idx"], state["rt"], state["fid"]
+    elif source is not None:
+        kept = copy_by_name(G, source.G if source.G is not None else source.G_ema, source.path)
+        copy_by_name(G_ema, source.G_ema, source.path)
+        kept_d = copy_by_name(D, source.D, source.path) if source.D is not None else ["(no D in the source)"]
+        if pipe is not None and cfg.augment.mode == "ada" and cfg.init.augment_p and source.augment_p is not None:
+            pipe.p.fill_(source.augment_p)
+        runner.print(f"fine-tuning from {source.path}: G keeps {len(kept)} tensors of its own init, D {len(kept_d)}"
+                     + (f"; augment p starts at {float(pipe.p):.4f}" if pipe is not None else ""))
+
+    G_train = MixingGenerator(G, cfg.loss.style_mixing_prob, fp16)
+    opt_G = lazy_adam(G.parameters(), cfg.optim, cfg.loss.G_reg_interval)
+    opt_D = lazy_adam(D.parameters(), cfg.optim, cfg.loss.D_reg_interval)
+    G_ddp, opt_G = runner.setup(G_train, opt_G)      # DDP / precision for the module being trained;
+    D_ddp, opt_D = runner.setup(D, opt_D)            # G and D are also called directly when frozen
+    if resumed is not None:
+        opt_G.load_state_dict(resumed[1]["opt_G"])
+        opt_D.load_state_dict(resumed[1]["opt_D"])
+    elif source is None:
+        G_ema.load_state_dict(G.state_dict())         # after setup: the same init on every rank
+    G_ema = runner.to_device(G_ema)
+    if pipe is not None:
+        pipe.to(dev)
+    all_reduce = lambda t: runner.fabric.all_reduce(t, reduce_op="sum")  # noqa: E731
+    gamma, pl_weight = float(cfg.loss.r1_gamma), cfg.loss.pl_weight
+    G_reg, D_reg = cfg.loss.G_reg_interval, cfg.loss.D_reg_interval
+
+    def latents(n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        z = torch.randn(n, G.z_dim, device=dev)
+        c = c_pool[torch.randint(len(c_pool), (n,))].to(dev) if c_pool is not None else None
+        return z, c
+
+    def checkpoint() -> None:
+        runner.save_checkpoint(batch_idx, {
+            "G": G.state_dict(), "D": D.state_dict(), "G_ema": G_ema.state_dict(),
+            "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(),
+            "augment": pipe.state_dict() if pipe is not None else {},
+            "ada": ada.state_dict(all_reduce) if ada is not None else {},
+            "pl_mean": pl_mean, "cur_nimg": cur_nimg, "batch_idx": batch_idx, "rt": rt, "fid": fid_history,
+        })
+
+    fid = None
+    if cfg.fid.every_kimg > 0 and runner.is_main:
+        fid = Fid.create(cfg.fid.num_images, dev, runner.print)
+
+    def snapshot(grid: bool, with_fid: bool) -> None:
+        if not runner.is_main:
+            return
+        if grid:
+            name = f"fakes{cur_nimg / 1000:010.3f}.png"           # kimg, e.g. fakes000200.000.png
+            save_image(runner.out_dir / "samples" / name, fake_grid(G_ema, cfg.samples.grid))
+        if fid is not None and with_fid:
+            value = fid(G_ema, train_set, c_pool)
+            fid_history.append({"kimg": cur_nimg / 1000, "fid": value})
+            runner.log({"fid": value}, batch_idx)
+            runner.print(f"kimg {cur_nimg / 1000:.1f}: FID {value:.2f} ({cfg.fid.num_images} images)")
+
+    def next_multiple(every_kimg: float) -> float:
+        every = every_kimg * 1000
+        return (math.floor(cur_nimg / every) + 1) * every if every > 0 else math.inf
+
+    samples_dir = runner.out_dir / "samples"
+    if runner.is_main and not (samples_dir / "reals.png").exists():
+        reals = torch.stack([train_set[i]["image"] for i in range(min(cfg.samples.grid, len(train_set)))])
+        save_image(samples_dir / "reals.png", image_grid(to_uint8(reals)))
+    next_snap, next_fid, next_tick = next_multiple(cfg.samples.every_kimg), next_multiple(cfg.fid.every_kimg), 0.0
+    if batch_idx == 0:
+        snapshot(grid=True, with_fid=False)
+
+    window: dict[str, list[torch.Tensor]] = {}     # values since the last log line
+    shown: dict[str, float] = {}                  # latest logged value of each (the reg terms are not in every window)
+    def note(name: str, value: torch.Tensor) -> None:  # noqa: E306
+        window.setdefault(name, []).append(value.detach().float().mean())
+
+    bar = runner.progress(total_iters, initial=batch_idx, desc="train")
+    t_last, nimg_last, t_start = time.time(), cur_nimg, time.time()
+    while batch_idx < total_iters:
+        epoch, in_epoch = divmod(batch_idx, steps_per_epoch)
+        for batch in runner.loader(dataset, batch_gpu, epoch, start=in_epoch * batch_gpu):
+            runner.seed_step(batch_idx)
+            real = batch["image"]
+            real_c = F.one_hot(batch["label"], c_dim).float() if c_dim else None
+
+            # Gmain: non-saturating loss on fresh fakes; D frozen, gradients flow through it and the pipe.
+            G.requires_grad_(True)
+            D.requires_grad_(False)
+            opt_G.zero_grad(set_to_none=True)
+            z, c = latents(batch_gpu)
+            fake, _ = G_ddp(z, c)
+            fake_logits = run_D(D, pipe, fake, c, fp16)
+            loss_G = F.softplus(-fake_logits).mean()
+            runner.fabric.backward(loss_G)
+            finish_step(opt_G, G)
+            note("loss/G", loss_G)
+
+            # Greg: lazy path-length regularisation on a smaller batch, x G_reg_interval.
+            if pl_weight > 0 and batch_idx % G_reg == 0:
+                opt_G.zero_grad(set_to_none=True)
+                z, c = latents(max(batch_gpu // cfg.loss.pl_batch_shrink, 1))
+                img, ws = G_ddp(z, c)
+                penalty, pl_mean = path_length_penalty(img, ws, pl_mean, cfg.loss.pl_decay)
+                # img[:, 0, 0, 0] * 0 keeps every G parameter in the graph (DDP expects all of them).
+                runner.fabric.backward((img[:, 0, 0, 0] * 0 + penalty * pl_weight).mean() * G_reg)
+                finish_step(opt_G, G)
+                note("loss/pl", penalty)
+
+            # Dmain: softplus(D(fake)) + softplus(-D(real)); G frozen.
+            G.requires_grad_(False)
+            D.requires_grad_(True)
+            opt_D.zero_grad(set_to_none=True)
+            z, c = latents(batch_gpu)
+            with runner.fabric.no_backward_sync(D_ddp, enabled=world > 1):  # two forwards, one gradient sync
+                with torch.no_grad():
+                    fake, _ = G_train(z, c)
+                fake_logits = run_D(D_ddp, pipe, fake, c, fp16=fp16)
+                runner.fabric.backward(F.softplus(fake_logits).mean())
+            real_logits = run_D(D_ddp, pipe, real, real_c, fp16=fp16)
+            runner.fabric.backward(F.softplus(-real_logits).mean())
+            finish_step(opt_D, D)
+            if ada is not None:
+                ada.observe(real_logits)
+            note("loss/D", F.softplus(fake_logits) + F.softplus(-real_logits))
+            note("scores/fake", fake_logits)
+            note("scores/real", real_logits)
+
+            # Dreg: lazy R1 on the un-augmented reals, through the augmentation, x D_reg_interval.
+            if gamma > 0 and batch_idx % D_reg == 0:
+                opt_D.zero_grad(set_to_none=True)
+                penalty, logits = r1_penalty(D_ddp, pipe, real, real_c, fp16=fp16)
+                runner.fabric.backward((logits[:, 0] * 0 + penalty * (gamma / 2)).mean() * D_reg)
+                finish_step(opt_D, D)
+                if ada is not None:
+                    ada.observe(logits)
+                note("loss/r1", penalty)
+
+            # G_ema, counters, ADA (§2.4, §3.4).
+            update_ema(G_ema, G, ema_beta(cur_nimg, batch_size, float(cfg.ema.kimg), cfg.ema.rampup))
+            cur_nimg += batch_size
+            batch_idx += 1
+            if ada is not None and batch_idx % cfg.augment.interval == 0:
+                rt = ada.update(all_reduce)
+            bar.update(1)
+            done = batch_idx >= total_iters
+
+            if batch_idx % cfg.run.log_every == 0 or done:
+                now = time.time()
+                speed = (cur_nimg - nimg_last) / max(now - t_last, 1e-9)
+                t_last, nimg_last = now, cur_nimg
+                metrics = {k: torch.stack(v).mean().item() for k, v in window.items()}
+                window.clear()
+                metrics.update({"kimg": cur_nimg / 1000, "speed/img_per_s": speed, "pl_mean": float(pl_mean)})
+                if pipe is not None:
+                    metrics["augment/p"] = float(pipe.p)
+                if rt is not None:
+                    metrics["augment/rt"] = rt
+                runner.log(metrics, batch_idx)
+                shown.update(metrics)
+                bar.set_postfix(kimg=f"{cur_nimg / 1000:.1f}", G=f"{shown['loss/G']:.3f}", D=f"{shown['loss/D']:.3f}",
+                                p=f"{shown.get('augment/p', 0):.3f}")
+                if cur_nimg >= next_tick or done:
+                    next_tick = next_multiple(cfg.tick_kimg)
+                    runner.print(f"kimg {cur_nimg / 1000:8.1f}  loss G {shown['loss/G']:.3f}  D {shown['loss/D']:.3f}  "
+                                 f"r1 {shown.get('loss/r1', 0):.4f}  pl {shown.get('loss/pl', 0):.4f}  "
+                                 f"p {shown.get('augment/p', 0):.3f}  rt {rt if rt is not None else 0:.3f}  "
+                                 f"{1000 / max(speed, 1e-9):.1f} s/kimg")
+            if not done and (cur_nimg >= next_snap or cur_nimg >= next_fid):
+                snapshot(grid=cur_nimg >= next_snap, with_fid=cur_nimg >= next_fid)
+                next_snap, next_fid = next_multiple(cfg.samples.every_kimg), next_multiple(cfg.fid.every_kimg)
+            if batch_idx % cfg.run.ckpt_every == 0 or done:
+                checkpoint()
+            if done:
+                break
+    bar.close()
+
+    # Final outputs.
+    snapshot(grid=True, with_fid=True)
+    p_final = float(pipe.p) if pipe is not None else 0.0
+    out = {"kimg": cur_nimg / 1000, "iterations": batch_idx, "augment_p": p_final, "augment_rt": rt,
+           "pl_mean": float(pl_mean), "fid": fid_history, "seconds": time.time() - t_start,
+           "images": len(train_set), "classes": train_set.classes if c_dim else []}
+    if runner.is_main:
+        extra = {"augment_p": p_final, "kimg": cur_nimg / 1000, "data": cfg.data.to_dict()}
+        src = {"init": cfg.init.source} if cfg.init.source else None
+        for name, net in (("G_ema", G_ema), ("G", G), ("D", D)):
+            save_network(net, runner.out_dir / name, source=src, extra=extra)
+        write_json(runner.out_dir / "metrics.json", out)
+        runner.print(f"{cur_nimg / 1000:.1f} kimg, augment p {p_final:.4f}; networks saved to "
+                     f"{runner.out_dir / 'G_ema'} (use this one), G/, D/")
+    runner.close()
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line (wired into `viscoin generator train` by `viscoin.cli`)
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `viscoin generator train`."""
+    parser.add_argument("--config", required=True,
+                        help="YAML file, or a shipped config: auto, cub, cars, tiny")
+    parser.add_argument("--data", default=None, help="training image folder (sets data.root)")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in run.out_dir")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="config overrides (dotted keys), e.g. init.source=ffhq.pkl augment.xflip=0.1")
+
+
+def run_train_command(args: argparse.Namespace) -> int:
+    """`viscoin generator train`: load the config (+ --data and overrides) and train."""
+    from viscoin.training.config import load_config
+
+    overrides = list(args.overrides)
+    if args.data is not None:
+        overrides.insert(0, f"data.root={json.dumps(str(args.data))}")  # JSON string: read back as-is by YAML
+    cfg = load_config(GeneratorTrainConfig, args.config, overrides, family="generator")
+    train_generator(cfg, resume=args.resume)  # prints its own summary (on the main process only)
+    return 0

@@ -1,0 +1,209 @@
+"""ADA augmentation pipe and controller (training spec §3): identity, per-sample decisions, exact
+blits, geometry conventions, colour matrices on known colours, gradients, and the p heuristic."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from viscoin.stylegan.augment import (
+    BLIT,
+    COLOUR,
+    GEOM,
+    AdaController,
+    AugmentConfig,
+    AugmentPipe,
+    affine_resample,
+    colour_matrix,
+    geometric_inverse,
+    shift_reflect,
+)
+from viscoin.utils.config import ConfigError
+
+ALL = (*BLIT, *GEOM, *COLOUR)
+
+
+def only(name: str, p: float = 1.0, **strengths: float) -> AugmentPipe:
+    """A pipe with a single augmentation enabled (multiplier 1) at strength p."""
+    mults = {n: 1.0 if n == name else 0.0 for n in ALL}
+    return AugmentPipe(AugmentConfig(p=p, **mults, **strengths))
+
+
+def smooth(n: int = 4, size: int = 32) -> torch.Tensor:
+    yy, xx = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
+    img = torch.stack([torch.sin(xx / 5) + torch.cos(yy / 7), torch.cos(xx / 4 + yy / 9), torch.sin((xx + yy) / 6)])
+    return (0.45 * img)[None].repeat(n, 1, 1, 1) + 0.05 * torch.arange(n).float()[:, None, None, None]
+
+
+def changed(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-4) -> torch.Tensor:
+    """[N] bool: which samples differ."""
+    return (a - b).flatten(1).abs().max(dim=1).values > tol
+
+
+def test_p0_is_the_identity_and_the_default_is_bgc():
+    cfg = AugmentConfig()
+    assert all(getattr(cfg, n) == 1.0 for n in ALL)  # 'bgc': all twelve multipliers at 1
+    x = torch.rand(16, 3, 16, 16) * 2 - 1
+    torch.manual_seed(0)
+    out = AugmentPipe(cfg)(x)  # p = 0
+    assert (out - x).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_each_augmentation_changes_images_when_chosen_and_passes_gradients(name):
+    torch.manual_seed(1)
+    pipe = only(name)
+    x = smooth(16).requires_grad_(True)
+    out = pipe(x)
+    assert out.shape == x.shape
+    assert changed(out, x).sum() >= 4, name  # xflip/lumaflip draw the identity half of the time
+    weights = torch.randn_like(out)
+    (out * weights).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ["xint", "scale", "brightness", "hue"])
+def test_decisions_are_per_sample_with_probability_mult_times_p(name):
+    torch.manual_seed(2)
+    n = 400
+    pipe = only(name, p=0.5)
+    x = smooth(n, size=8)
+    rate = changed(pipe(x), x, 1e-6).float().mean().item()
+    # Chosen with probability 0.5 per sample; a chosen sample is (almost) always changed.
+    assert 0.38 < rate < 0.62, rate
+
+
+def test_xflip_multiplier_is_respected():
+    torch.manual_seed(3)
+    n = 4000
+    x = torch.arange(4.0).repeat(n, 3, 4, 1)  # [N, 3, 4, 4], asymmetric in x
+    pipe = AugmentPipe(AugmentConfig(p=1.0, **{k: 0.0 for k in ALL if k != "xflip"}, xflip=0.1))
+    flipped = changed(pipe(x), x).float().mean().item()
+    assert abs(flipped - 0.05) < 0.015, flipped  # chosen with 0.1, then a flip with 1/2
+
+
+def test_blits_are_exact_pixel_operations():
+    x = torch.rand(3, 3, 8, 8)
+    out = shift_reflect(x, torch.tensor([0, 2, -1]), torch.tensor([0, 1, 3]))
+    assert torch.equal(out[0], x[0])
+    padded = torch.nn.functional.pad(x[1:2], [2, 0, 1, 0], mode="reflect")[..., :8, :8]
+    assert torch.equal(out[1:2], padded)  # content moved right by 2, down by 1, reflected in
+    padded = torch.nn.functional.pad(x[2:3], [0, 1, 3, 0], mode="reflect")[..., :8, 1:]
+    assert torch.equal(out[2:3], padded)
+    torch.manual_seed(4)
+    pipe = only("rotate90")
+    y = torch.rand(32, 3, 6, 6)
+    out = pipe(y)
+    for i in range(32):
+        assert any(torch.equal(out[i], y[i].rot90(k, [1, 2])) for k in range(4))
+    pipe = only("xflip")
+    out = pipe(y)
+    for i in range(32):
+        assert torch.equal(out[i], y[i]) or torch.equal(out[i], y[i].flip(2))
+
+
+@pytest.mark.parametrize("supersample", [False, True])
+def test_geometric_path_conventions(supersample):
+    x = smooth(2)
+    one, zero = torch.ones(2), torch.zeros(2)
+    ident = affine_resample(x, geometric_inverse(one, zero, one, zero, zero, zero), supersample)
+    assert (ident - x).abs().max() < 1e-5
+    # A one-pixel translation equals the exact shift (away from the reflected border).
+    shifted = affine_resample(x, geometric_inverse(one, zero, one, zero, one, zero), supersample)
+    exact = shift_reflect(x, torch.ones(2, dtype=torch.long), torch.zeros(2, dtype=torch.long))
+    assert (shifted - exact)[..., 4:-4, 4:-4].abs().max() < 1e-4
+    # A quarter turn is a rot90 (up to the filtering; §3.2 measured 0.05 on smooth images).
+    turned = affine_resample(x, geometric_inverse(one, zero + math.pi / 2, one, zero, zero, zero), supersample)
+    err = min((turned - x.rot90(k, [2, 3]))[..., 4:-4, 4:-4].abs().max().item() for k in (1, 3))
+    assert err < (0.05 if supersample else 1e-4), err
+    # Scaling by 2 about the centre magnifies: the centre pixels spread outwards.
+    big = affine_resample(x, geometric_inverse(one * 2, zero, one, zero, zero, zero), supersample)
+    c = x.shape[-1] // 2
+    ref = torch.nn.functional.interpolate(x[..., c - 8 : c + 8, c - 8 : c + 8], scale_factor=2, mode="bilinear",
+                                          align_corners=False)
+    assert (big - ref)[..., 4:-4, 4:-4].abs().max() < 0.06
+
+
+def test_colour_matrices_on_known_colours():
+    zero, one = torch.zeros(1), torch.ones(1)
+
+    def apply(m: torch.Tensor, rgb: list[float]) -> torch.Tensor:
+        return m[0, :3, :3] @ torch.tensor(rgb) + m[0, :3, 3]
+
+    grey, chroma = [0.3, 0.3, 0.3], [0.5, -0.5, 0.0]
+    flip = colour_matrix(zero, one, one, zero, one)
+    assert torch.allclose(apply(flip, grey), torch.tensor([-0.3, -0.3, -0.3]), atol=1e-6)  # grey axis onto itself, flipped
+    assert torch.allclose(apply(flip, chroma), torch.tensor(chroma), atol=1e-6)           # orthogonal colours kept
+    turn = colour_matrix(zero, one, zero, one * 2 * math.pi / 3, one)
+    assert torch.allclose(apply(turn, grey), torch.tensor(grey), atol=1e-6)               # hue keeps greys
+    assert torch.allclose(apply(turn, [1.0, 0, 0]), torch.tensor([0.0, 1, 0]), atol=1e-6)  # red -> green at 120 deg
+    desat = colour_matrix(zero, one, zero, zero, zero)
+    assert torch.allclose(apply(desat, [0.9, 0.0, -0.3]), torch.full((3,), 0.2), atol=1e-6)  # saturation 0: grey
+    bc = colour_matrix(one * 0.1, one * 2, zero, zero, one)
+    assert torch.allclose(apply(bc, [0.2, -0.4, 0.0]), torch.tensor([0.6, -0.6, 0.2]), atol=1e-6)  # (x + 0.1) * 2
+    identity = colour_matrix(zero, one, zero, zero, one)
+    assert torch.equal(identity, torch.eye(4)[None])
+
+
+def test_greyscale_images_use_the_mean_row():
+    torch.manual_seed(5)
+    pipe = only("contrast")
+    x = torch.rand(8, 1, 8, 8) * 2 - 1
+    out = pipe(x)
+    ratio = (out / x).flatten(1)
+    assert torch.allclose(ratio, ratio[:, :1].expand_as(ratio), atol=1e-4)  # one factor per image
+
+
+def test_p_is_a_saved_buffer():
+    pipe = AugmentPipe(AugmentConfig(p=0.25))
+    assert list(pipe.state_dict()) == ["p"] and float(pipe.state_dict()["p"]) == 0.25
+    other = AugmentPipe()
+    other.load_state_dict(pipe.state_dict())
+    assert float(other.p) == 0.25
+
+
+def test_ada_controller_raises_p_when_d_is_overconfident_and_not_otherwise():
+    pipe = AugmentPipe()
+    ada = AdaController(pipe, batch_size=32, target=0.6, interval=4, kimg=500)
+    step = 32 * 4 / 500_000  # 2.56e-4 (§3.4)
+    for _ in range(4):
+        ada.observe(torch.full((32, 1), 3.0))  # D sure every real is real: r_t = 1 > 0.6
+    assert ada.update() == 1.0
+    assert float(pipe.p) == pytest.approx(step)
+    ada.observe(torch.tensor([[1.0], [1.0], [-1.0], [0.5]]))  # r_t = 0.5 < 0.6: back down
+    assert ada.update() == 0.5 and float(pipe.p) == pytest.approx(0.0, abs=1e-9)
+    ada.observe(-torch.ones(8, 1))
+    ada.update()
+    assert float(pipe.p) == 0.0  # clamped at 0
+    pipe.p.fill_(0.999)
+    for _ in range(3):
+        ada.observe(torch.ones(8, 1))
+        ada.update()
+    assert float(pipe.p) > 0.999  # no upper clamp
+    # Statistics between two updates survive a checkpoint.
+    ada.observe(torch.tensor([[1.0], [-1.0], [1.0]]))
+    state = ada.state_dict()
+    assert state == {"sign_sum": 1.0, "count": 3.0}
+    other = AdaController(AugmentPipe(), 32)
+    other.load_state_dict(state)
+    other.observe(torch.ones(1, 1))
+    assert other.update() == 0.5
+
+
+def test_fixed_p_is_not_adjusted():
+    pipe = AugmentPipe(AugmentConfig(mode="fixed", p=0.3))
+    ada = AdaController(pipe, batch_size=8, target=None)
+    ada.observe(torch.ones(8, 1))
+    assert ada.update() == 1.0 and float(pipe.p) == pytest.approx(0.3)
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError, match="augment.xflip"):
+        AugmentConfig(xflip=2.0)
+    with pytest.raises(ConfigError, match="augment.kimg"):
+        AugmentConfig(kimg=0)
+    cfg = AugmentConfig.from_dict({"xflip": 0.1, "mode": "fixed", "p": 0.2})
+    assert dataclasses.asdict(cfg)["xflip"] == 0.1

@@ -1,0 +1,489 @@
+"""StyleGAN2-ADA training (training spec §2-3) on tiny CPU sizes: the recipe's formulas, the loss
+terms, learning on simple shapes, ADA's p on a tiny vs a large dataset, exact resume after kill -9,
+and fine-tuning from the mock official pickle and from our own runs."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from conftest import MOCK_COND16, MOCK_G32
+from viscoin.data import DataConfig, build_dataset
+from viscoin.stylegan.checkpoint import import_official, load_network
+from viscoin.stylegan.generator import Generator
+from viscoin.stylegan.official import load_official
+from viscoin.stylegan.train import (
+    GanImages,
+    GeneratorTrainConfig,
+    MixingGenerator,
+    OptimConfig,
+    add_train_arguments,
+    auto_settings,
+    ema_beta,
+    lazy_adam,
+    path_length_penalty,
+    r1_penalty,
+    resolve_config,
+    run_train_command,
+    train_generator,
+    update_ema,
+)
+from viscoin.training.config import load_config
+from viscoin.utils.config import ConfigError
+from viscoin.utils.images import to_uint8
+
+# ----------------------------------------------------------------------------------------------
+# Datasets and helpers
+
+
+def make_shapes(root: Path, n: int = 64, size: int = 16, classes: int = 1, seed: int = 0) -> Path:
+    """Red squares and blue discs of random size and place on a dark background."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    for i in range(n):
+        img = np.full((size, size, 3), 20, np.uint8)
+        cy, cx = rng.integers(4, size - 4, 2)
+        r = rng.integers(2, 5)
+        kind = rng.integers(2) if classes == 1 else i % classes
+        if kind % 2 == 0:
+            img[(abs(yy - cy) <= r) & (abs(xx - cx) <= r)] = (230, 60, 40)
+        else:
+            img[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = (40, 200, 230)
+        folder = root / f"c{i % classes}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(folder / f"{i:04d}.png")
+    return root
+
+
+def make_teacher_images(root: Path, n: int, seed: int = 1234) -> Path:
+    """Samples of a fixed random generator of the tiny architecture: a distribution G can match."""
+    cfg = resolve_config(load_config(GeneratorTrainConfig, "tiny", family="generator"), 1)
+    torch.manual_seed(seed)
+    G = Generator(cfg.generator).eval()
+    with torch.no_grad():
+        images = to_uint8(G(torch.randn(n, G.z_dim), noise_mode="random"))
+    (root / "all").mkdir(parents=True)
+    for i, img in enumerate(images):
+        Image.fromarray(img).save(root / "all" / f"{i:04d}.png")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny networks gain nothing from intra-op threads, and a busy machine makes them crawl."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    return make_shapes(tmp_path_factory.mktemp("data") / "shapes")
+
+
+def tiny(folder: Path, out: Path, *overrides: str) -> GeneratorTrainConfig:
+    return load_config(GeneratorTrainConfig, "tiny", [f"data.root={folder}", f"run.out_dir={out}",
+                                                      "run.progress=false", *overrides], family="generator")
+
+
+def grid_tiles(path: Path, size: int) -> np.ndarray:
+    grid = np.asarray(Image.open(path)).astype(np.float32) / 127.5 - 1
+    return np.stack([grid[r : r + size, c : c + size] for r in range(0, grid.shape[0], size)
+                     for c in range(0, grid.shape[1], size)])
+
+
+def nn_distance(fakes: np.ndarray, reals: np.ndarray) -> float:
+    """Mean over fakes of the RMS pixel distance to the nearest real image."""
+    d = ((fakes[:, None] - reals[None]) ** 2).mean(axis=(2, 3, 4))
+    return float(np.sqrt(d.min(axis=1)).mean())
+
+
+def _cli_has_generator_train() -> bool:
+    from viscoin.cli import build_parser
+
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            build_parser().parse_args(["generator", "train", "--help"])
+        except SystemExit as exc:
+            return exc.code == 0
+    return False
+
+
+def train_cmd(tmp_path: Path, *args: str) -> list[str]:
+    """`viscoin generator train ARGS` (through our entry points until the CLI has the subcommand)."""
+    if _cli_has_generator_train():
+        return [sys.executable, "-m", "viscoin", "generator", "train", *args]
+    script = tmp_path / "generator_train.py"
+    script.write_text("import argparse, sys\n"
+                      "from viscoin.stylegan.train import add_train_arguments, run_train_command\n"
+                      "p = argparse.ArgumentParser()\nadd_train_arguments(p)\n"
+                      "sys.exit(run_train_command(p.parse_args(sys.argv[1:])))\n")
+    return [sys.executable, str(script), *args]
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "weights.safetensors"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Formulas (§2.2, §2.4, §2.5)
+
+
+@pytest.mark.parametrize("res, gpus, batch, gamma, ema, fmaps, lr", [
+    (32, 1, 32, 0.0064, 10, 0.5, 0.0025),
+    (64, 1, 32, 0.0256, 10, 0.5, 0.0025),
+    (128, 1, 32, 0.1024, 10, 0.5, 0.0025),
+    (256, 1, 16, 0.8192, 5, 0.5, 0.0025),
+    (512, 1, 8, 6.5536, 2.5, 1.0, 0.0025),
+    (1024, 1, 4, 52.4288, 1.25, 1.0, 0.002),
+    (256, 8, 64, 0.2048, 20, 0.5, 0.0025),
+])
+def test_auto_formulas_match_the_table(res, gpus, batch, gamma, ema, fmaps, lr):
+    s = auto_settings(res, gpus)
+    assert s["batch_size"] == batch and s["ema_kimg"] == ema and s["fmaps"] == fmaps and s["lr"] == lr
+    assert s["r1_gamma"] == pytest.approx(gamma) and s["ema_rampup"] == 0.05 and s["map"] == 2
+    assert s["mbstd"] == min(batch // gpus, 4)
+
+
+def test_resolve_config_fills_auto_fields_and_networks():
+    cfg = resolve_config(load_config(GeneratorTrainConfig, "auto", ["data.resolution=256"], family="generator"), 5)
+    assert (cfg.batch_size, cfg.optim.lr, cfg.ema.kimg, cfg.ema.rampup, cfg.augment.kimg) == (16, 0.0025, 5, 0.05, 500)
+    assert cfg.loss.r1_gamma == pytest.approx(0.8192)
+    G, D = cfg.generator, cfg.discriminator
+    assert G.mapping.num_layers == 2 and G.z_dim == G.w_dim == 512 and G.img_resolution == 256 and G.c_dim == 0
+    assert G.synthesis.channel_base == D.channel_base == 16384 and D.img_resolution == 256
+    assert G.synthesis.num_fp16_res == D.num_fp16_res == 4 and G.synthesis.conv_clamp == D.conv_clamp == 256
+    big = resolve_config(load_config(GeneratorTrainConfig, "auto", ["data.resolution=512", "conditional=true",
+                                                                    "init.source=x.pkl"], family="generator"), 5)
+    assert big.generator.synthesis.channel_base == 32768 and big.generator.c_dim == big.discriminator.c_dim == 5
+    assert big.ema.rampup is None and big.augment.kimg == 100  # fine-tuning: no ramp-up, faster ADA (§2.6)
+    # The resolved config is itself a valid config (it is saved as config.yaml).
+    assert GeneratorTrainConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ConfigError, match="loss.r1_gamma: 'auto' needs cfg_preset=auto"):
+        resolve_config(load_config(GeneratorTrainConfig, None, ["cfg_preset=none", "batch_size=8", "optim.lr=0.002",
+                                                                 "ema.kimg=1"], family="generator"), 1)
+    with pytest.raises(ConfigError, match="run.precision=bf16-mixed"):
+        resolve_config(load_config(GeneratorTrainConfig, "tiny", ["run.precision=bf16-mixed"], family="generator"), 1)
+    assert cfg.run.precision == "32-true"  # auto: float32, with the networks' own float16 blocks on CUDA
+    with pytest.raises(ConfigError, match="minibatch-stddev"):
+        resolve_config(load_config(GeneratorTrainConfig, "tiny", ["batch_size=6"], family="generator"), 1)
+
+
+def test_shipped_configs_load():
+    for name, xflip, kimg in (("cub", 1.0, 2000), ("cars", 0.1, 1800)):
+        cfg = load_config(GeneratorTrainConfig, name, family="generator")
+        assert cfg.batch_size == 16 and cfg.generator.mapping.num_layers == 2 and cfg.augment.mode == "ada"
+        assert cfg.augment.xflip == xflip and cfg.kimg == kimg
+    assert load_config(GeneratorTrainConfig, "auto", family="generator").cfg_preset == "auto"
+
+
+def test_lazy_regularisation_adam_settings():
+    G_opt = lazy_adam([torch.nn.Parameter(torch.zeros(1))], OptimConfig(lr=0.0025), reg_interval=4)
+    D_opt = lazy_adam([torch.nn.Parameter(torch.zeros(1))], OptimConfig(lr=0.0025), reg_interval=16)
+    g, d = G_opt.param_groups[0], D_opt.param_groups[0]
+    assert g["lr"] == pytest.approx(0.002) and g["betas"] == (0.0, pytest.approx(0.99199197, abs=1e-8))
+    assert d["lr"] == pytest.approx(0.00235294, abs=1e-8) and d["betas"] == (0.0, pytest.approx(0.99058546, abs=1e-8))
+    assert g["eps"] == 1e-8
+
+
+def test_ema_formula():
+    assert ema_beta(0, 16, 5, 0.05) == 0.0  # first iteration with ramp-up: G_ema = G
+    assert ema_beta(10**7, 16, 5, 0.05) == pytest.approx(0.99778, abs=1e-5)  # 0.5 ** (16 / 5000)
+    assert ema_beta(1000, 16, 5, 0.05) == pytest.approx(0.5 ** (16 / 50))  # ramping up: 0.05 * 1000 images
+    assert ema_beta(0, 16, 5, None) == pytest.approx(0.5 ** (16 / 5000))
+    G, G_ema = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    G.register_buffer("w_avg", torch.ones(2))
+    G_ema.register_buffer("w_avg", torch.zeros(2))
+    p, p_ema = G.weight.detach().clone(), G_ema.weight.detach().clone()
+    update_ema(G_ema, G, 0.9)
+    assert torch.allclose(G_ema.weight, p + 0.9 * (p_ema - p)) and torch.equal(G_ema.w_avg, G.w_avg)
+
+
+def test_r1_penalty_equals_the_hand_computed_value():
+    class Quadratic(torch.nn.Module):  # D(x) = 0.5 sum(a x^2): dD/dx = a x
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Parameter(torch.tensor(3.0))
+
+        def forward(self, x, c=None, fp16=False):
+            return 0.5 * (self.a * x.square()).sum(dim=[1, 2, 3])[:, None]
+
+    x = torch.randn(4, 3, 2, 2)
+    penalty, logits = r1_penalty(Quadratic(), None, x, None)
+    assert torch.allclose(penalty, 9 * x.square().sum(dim=[1, 2, 3]))
+    assert torch.allclose(logits[:, 0], 1.5 * x.square().sum(dim=[1, 2, 3]))
+    penalty.mean().backward()  # the penalty is differentiable in D's parameters (create_graph)
+
+
+def test_path_length_penalty_matches_the_jacobian():
+    A = torch.randn(3 * 4 * 4, 5)                       # img = A w, the same w in both ws slots
+    ws = torch.randn(2, 2, 5, requires_grad=True)
+    img = (ws.sum(dim=1) @ A.T).reshape(2, 3, 4, 4)
+    torch.manual_seed(7)
+    penalty, new_mean = path_length_penalty(img, ws, torch.tensor(0.5), decay=0.01)
+    torch.manual_seed(7)
+    y = torch.randn(2, 3, 4, 4) / 4                     # / sqrt(H W)
+    lengths = (y.reshape(2, -1) @ A).square().sum(dim=1).sqrt()  # each of the 2 ws gets A^T y
+    mean = 0.5 + 0.01 * (lengths.mean() - 0.5)
+    assert torch.allclose(new_mean, mean) and torch.allclose(penalty, (lengths - mean).square())
+
+
+def test_style_mixing_and_w_avg_tracking():
+    cfg = resolve_config(load_config(GeneratorTrainConfig, "tiny", family="generator"), 1)
+    G = Generator(cfg.generator).train()
+    z = torch.randn(4, G.z_dim)
+    ws = MixingGenerator(G, 0.0)(z, None)[1]
+    assert torch.equal(ws, ws[:, :1].expand_as(ws))    # no mixing: one w for every layer
+    w_avg = G.w_avg.clone()
+    mixed = MixingGenerator(G, 1.0)(z, None)[1]
+    cut = int((mixed != mixed[:, :1]).any(dim=2).any(dim=0).float().argmax())
+    assert 1 <= cut < G.num_ws                           # layers from the cutoff on come from another z
+    assert torch.allclose(mixed[:, :cut], G.mapping(z, None, update_w_avg=False)[:, :cut])
+    expected = G.mapping(z, None, update_w_avg=False)[:, 0].mean(0).lerp(w_avg, 0.995)
+    assert torch.allclose(G.w_avg, expected)             # w_avg moved once (the mixing call does not update it)
+
+
+def test_gan_dataset_mirror_and_repeat(shapes):
+    base = build_dataset(DataConfig(root=str(shapes), resolution=16), "train", augment=False)
+    ds = GanImages(base, mirror=True, min_len=1)
+    assert len(ds) == 2 * len(base)
+    assert torch.equal(ds[len(base) + 3]["image"], base[3]["image"].flip(2))
+    few = GanImages(base, mirror=False, min_len=10 * len(base) + 1)
+    assert len(few) == 11 * len(base) and torch.equal(few[len(base) + 2]["image"], base[2]["image"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Training runs
+
+
+def test_training_on_shapes_gets_closer_to_the_data(shapes, tmp_path):
+    """300 iterations (2.4 kimg): the samples move towards the training images and the trained D's
+    margin between held-out reals and samples shrinks from the initial G's samples to the final G's."""
+    out = tmp_path / "run"
+    result = train_generator(tiny(shapes, out, "kimg=2.4", "samples.grid=32", "augment.kimg=10", "run.log_every=25"))
+    assert result["iterations"] == 300 and result["kimg"] == 2.4
+    for name in ("G_ema", "G", "D"):
+        assert (out / name / "config.json").is_file()
+    assert json.loads((out / "D" / "config.json").read_text())["extra"]["augment_p"] == result["augment_p"]
+    assert json.loads((out / "metrics.json").read_text())["iterations"] == 300
+    assert (out / "samples" / "reals.png").is_file() and list((out / "logs" / "tensorboard").glob("events.*"))
+    logged = (out / "logs" / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    for key in ("loss/G", "loss/D", "loss/r1", "augment/p", "augment/rt", "kimg", "speed/img_per_s"):
+        assert key in logged
+
+    train = build_dataset(DataConfig(root=str(shapes), resolution=16), "train", augment=False)
+    reals = np.stack([train[i]["image"].permute(1, 2, 0).numpy() for i in range(len(train))])
+    grids = sorted((out / "samples").glob("fakes*.png"))
+    assert [g.name for g in grids] == ["fakes000000.000.png", "fakes000001.000.png", "fakes000002.000.png",
+                                       "fakes000002.400.png"]
+    first, last = grid_tiles(grids[0], 16), grid_tiles(grids[-1], 16)
+    d0, d1 = nn_distance(first, reals), nn_distance(last, reals)
+    assert d1 < 0.75 * d0, (d0, d1)  # seeds 0-4: ratios 0.40-0.60
+
+    D = load_network(out / "D").eval()
+    test = build_dataset(DataConfig(root=str(shapes), resolution=16), "test", augment=False)
+    held_out = torch.stack([test[i]["image"] for i in range(4 * (len(test) // 4))])
+    with torch.no_grad():
+        real_score = D(held_out).mean()
+        margin = [real_score - D(torch.from_numpy(f).permute(0, 3, 1, 2).contiguous()).mean() for f in (first, last)]
+    assert margin[1] < margin[0], margin
+
+
+@pytest.fixture(scope="module")
+def teacher_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("teacher")
+    return make_teacher_images(root / "few", 4), make_teacher_images(root / "many", 512)
+
+
+def test_ada_p_rises_on_a_tiny_dataset_and_stays_low_otherwise(teacher_data, tmp_path):
+    """3 training images: D memorises them and p rises; 400 samples of a distribution G can
+    represent: D cannot be sure of the reals and p stays at 0 (short augment.kimg to be quick)."""
+    p = {}
+    for name, root in zip(("few", "many"), teacher_data):
+        out = tmp_path / name
+        train_generator(tiny(root, out, "kimg=1.2", "augment.kimg=1", "samples.every_kimg=0", "run.log_every=10"))
+        rows = [line.split(",") for line in (out / "logs" / "csv" / "metrics.csv").read_text().splitlines()]
+        col = rows[0].index("augment/p")
+        series = [float(r[col]) for r in rows[1:] if r[col]]
+        p[name] = float(np.mean(series[len(series) // 2 :]))  # second half of the run
+    assert p["few"] > 0.02 and p["many"] < 0.01, p  # seeds 0-4: few 0.048-0.096, many 0
+
+
+def test_kill_9_then_resume_continues_exactly(shapes, tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    args = ["--config", "tiny", "--data", str(shapes), "run.progress=false", "run.ckpt_every=5", "kimg=0.32",
+            "loss.pl_weight=2", "augment.kimg=1", "samples.every_kimg=0.16"]
+    ref = tmp_path / "ref"
+    subprocess.run(train_cmd(tmp_path, *args, f"run.out_dir={ref}"), check=True, env=env, capture_output=True)
+
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(train_cmd(tmp_path, *args, f"run.out_dir={run}"), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = run / "checkpoints" / "latest.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if latest.is_file() and json.loads(latest.read_text() or "{}").get("step", 0) >= 15:
+            break
+        time.sleep(0.005)
+    assert proc.poll() is None, "the run ended before it could be killed; make it longer"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run / "G_ema").exists()
+    killed_at = json.loads(latest.read_text())["step"]
+    assert 15 <= killed_at < 40
+
+    res = subprocess.run(train_cmd(tmp_path, *args, f"run.out_dir={run}", "--resume"), env=env,
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "resuming from" in res.stdout + res.stderr
+    for name in ("G_ema", "G", "D"):
+        a, b = weights(ref / name), weights(run / name)
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), f"{name}.{k} differs after resuming from iteration {killed_at}"
+    m_ref, m_run = (json.loads((r / "metrics.json").read_text()) for r in (ref, run))
+    for key in ("kimg", "iterations", "augment_p", "augment_rt", "pl_mean"):
+        assert m_ref[key] == m_run[key], key
+    assert m_run["augment_p"] > 0
+    grids = sorted(p.name for p in (ref / "samples").glob("fakes*.png"))
+    assert grids == ["fakes000000.000.png", "fakes000000.160.png", "fakes000000.320.png"]
+    for grid in grids:
+        assert (run / "samples" / grid).read_bytes() == (ref / "samples" / grid).read_bytes()
+
+
+def test_fine_tuning_starts_from_the_official_pickle_exactly(shapes, tmp_path):
+    out = tmp_path / "ft"
+    cfg = tiny(shapes, out, f"init.source={MOCK_G32}", "init.architecture=source", "kimg=0", "batch_size=4")
+    result = train_generator(cfg)
+    assert result["iterations"] == 0 and result["augment_p"] == 0.125  # the pickle's p
+    nets = load_official(MOCK_G32)
+    for name in ("G", "G_ema", "D"):
+        ours, theirs = weights(out / name), getattr(nets, name).state_dict()
+        assert ours.keys() == theirs.keys()
+        for k in ours:
+            assert torch.equal(ours[k], theirs[k]), f"{name}.{k}"
+    saved = json.loads((out / "G_ema" / "config.json").read_text())
+    assert saved["config"]["img_resolution"] == 32 and saved["extra"]["augment_p"] == 0.125
+
+    # A few steps from there: training moves away from the pickle and ADA continues from 0.125.
+    more = tmp_path / "ft2"
+    result = train_generator(tiny(shapes, more, f"init.source={MOCK_G32}", "init.architecture=source",
+                                  "kimg=0.032", "batch_size=4", "augment.kimg=1"))
+    step = 4 * 4 / 1000                                   # batch * interval / (augment.kimg * 1000)
+    moves = (result["augment_p"] - 0.125) / step          # two adjustments in 8 iterations
+    assert result["iterations"] == 8 and abs(moves - round(moves)) < 1e-4 and abs(moves) <= 2
+    key = "synthesis.b4.conv1.weight"
+    assert not torch.equal(weights(more / "G")[key], nets.G.state_dict()[key])
+
+    # Our own run folder as the source, networks built from the config (copied by name, §2.6).
+    again = tmp_path / "ft3"
+    g32 = ["generator.z_dim=64", "generator.w_dim=64", "generator.synthesis.channel_base=256",
+           "generator.synthesis.channel_max=64", "discriminator.channel_base=256", "discriminator.channel_max=64",
+           "data.resolution=32"]
+    train_generator(tiny(shapes, again, f"init.source={more}", "kimg=0", "batch_size=4", *g32))
+    for name in ("G", "G_ema", "D"):
+        a, b = weights(more / name), weights(again / name)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    with pytest.raises(ConfigError, match="tensors of different shapes"):
+        train_generator(tiny(shapes, tmp_path / "bad", f"init.source={MOCK_G32}", "kimg=0"))
+
+    # A single generator folder (`viscoin generator import`): G and G_ema from it, D fresh, p from its extras.
+    imported = import_official(MOCK_G32, tmp_path / "imported")
+    single = tmp_path / "ft4"
+    result = train_generator(tiny(shapes, single, f"init.source={imported}", "init.architecture=source", "kimg=0",
+                                  "batch_size=4"))
+    assert result["augment_p"] == 0.125
+    for name in ("G", "G_ema"):
+        a, b = weights(single / name), nets.G_ema.state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_conditional_fine_tuning_without_augmentation_pipe(tmp_path):
+    """cond16 (3 classes, saved without an AugmentPipe): labels come from the class folders."""
+    data = make_shapes(tmp_path / "three", n=24, classes=3)
+    out = tmp_path / "cond"
+    result = train_generator(tiny(data, out, f"init.source={MOCK_COND16}", "init.architecture=source",
+                                  "conditional=true", "kimg=0.032", "loss.pl_weight=2"))
+    assert result["iterations"] == 4 and result["augment_p"] == 0.0 and result["classes"] == ["c0", "c1", "c2"]
+    G = load_network(out / "G_ema")
+    assert G.c_dim == 3 and G.img_resolution == 16
+    with pytest.raises(ConfigError, match="c_dim 3/3, but the data gives 0"):
+        train_generator(tiny(data, tmp_path / "uncond", f"init.source={MOCK_COND16}", "init.architecture=source"))
+
+
+def test_command_line_arguments(shapes, tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    args = parser.parse_args(["--config", "tiny", "--data", str(shapes), f"run.out_dir={tmp_path / 'r'}",
+                              "run.progress=false", "kimg=0.016", "fid.every_kimg=1"])
+    assert run_train_command(args) == 0
+    saved = (tmp_path / "r" / "config.yaml").read_text()
+    assert f"root: {shapes}" in saved and "cfg_preset: none" in saved
+    printed = capsys.readouterr().out
+    try:
+        import torch_fidelity  # noqa: F401
+    except ImportError:
+        assert "notice: FID skipped" in printed
+    with pytest.raises(ConfigError, match="augment.mode"):
+        run_train_command(parser.parse_args(["--config", "tiny", "--data", str(shapes), "augment.mode=sometimes"]))
+    with pytest.raises(FileNotFoundError, match="--resume: no checkpoint"):
+        run_train_command(parser.parse_args(["--config", "tiny", "--data", str(shapes),
+                                             f"run.out_dir={tmp_path / 'none'}", "--resume"]))
+
+
+def test_fid_every_n_kimg_with_a_stand_in_metric(shapes, tmp_path, monkeypatch):
+    """The FID schedule and bookkeeping, with a stand-in for torchmetrics' metric (no Inception offline)."""
+    from viscoin.stylegan import train
+
+    class StandIn:
+        def __init__(self):
+            self.calls = []
+
+        def update(self, images, real):
+            assert images.dtype == torch.uint8 and images.shape[1:] == (3, 16, 16)
+            self.calls.append(("real" if real else "fake", len(images)))
+
+        def reset(self):
+            self.calls.append("reset")
+
+        def compute(self):
+            return torch.tensor(12.5)
+
+    metric = StandIn()
+    monkeypatch.setattr(train.Fid, "create", staticmethod(lambda num, device, printer: train.Fid(metric, num)))
+    out = tmp_path / "fid"
+    result = train_generator(tiny(shapes, out, "kimg=0.032", "fid.every_kimg=0.016", "fid.num_images=20"))
+    assert [h["kimg"] for h in result["fid"]] == [0.016, 0.032] and result["fid"][0]["fid"] == 12.5
+    assert metric.calls.count(("real", 20)) == 1  # real features once (20 of the 51 training images)
+    assert metric.calls.count(("fake", 20)) == 2 and metric.calls.count("reset") == 2
+    assert "fid" in (out / "logs" / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+
+
+def test_two_process_ddp_on_cpu(shapes, tmp_path):
+    """DDP through Fabric (gloo): both ranks train the same networks, rank 0 writes."""
+    out = tmp_path / "ddp"
+    res = subprocess.run(train_cmd(tmp_path, "--config", "tiny", "--data", str(shapes), f"run.out_dir={out}",
+                                   "run.progress=false", "run.devices=2", "batch_size=16", "kimg=0.128",
+                                   "loss.pl_weight=2", "augment.kimg=1"),
+                         capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "Starting with 2 processes" in res.stdout + res.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["iterations"] == 8 and metrics["kimg"] == 0.128 and metrics["augment_p"] > 0
+    assert math.isfinite(metrics["pl_mean"]) and (out / "G_ema" / "weights.safetensors").is_file()
