@@ -20,10 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
-import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from timing import time_steps  # noqa: E402
 
 MODES = ["forward", "forward+backward", "train step"]
 
@@ -69,27 +70,8 @@ def worker(args: argparse.Namespace) -> dict:
             img = G(z, fp16=args.fp16)
             img.square().mean().backward()
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    for _ in range(args.warmup):
-        step()
-    sync()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    t0 = time.perf_counter()
-    for _ in range(args.iters):
-        step()
-    sync()
-    dt = (time.perf_counter() - t0) / args.iters
-    if device.type == "cuda":
-        peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
-        mem_kind = "CUDA max allocated"
-    else:
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-        mem_kind = "process peak RSS"
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    t = time_steps(step, device, args.warmup, args.iters)
+    dt, peak_mb, mem_kind, name = t["seconds"], t["peak_mib"], t["mem_kind"], t["device"]
     return {
         "device": name,
         "mode": args.mode,

@@ -23,11 +23,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
-import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from timing import time_steps  # noqa: E402
 
 
 def worker(args: argparse.Namespace) -> dict:
@@ -69,28 +70,8 @@ def worker(args: argparse.Namespace) -> dict:
         terms["total"].backward()
         opt.step()
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    for _ in range(args.warmup):
-        step()
-    sync()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    t0 = time.perf_counter()
-    for _ in range(args.iters):
-        step()
-    sync()
-    dt = (time.perf_counter() - t0) / args.iters
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device) / 2**30
-        mem_kind = "CUDA max allocated"
-        name = torch.cuda.get_device_name(device)
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
-        mem_kind = "process peak RSS"
-        name = f"CPU ({torch.get_num_threads()} threads)"
+    t = time_steps(step, device, args.warmup, args.iters)
+    dt, peak, mem_kind, name = t["seconds"], t["peak_mib"] / 1024, t["mem_kind"], t["device"]
     images = args.batch_real + args.batch_synthetic
     return {"device": name, "precision": "bf16 autocast" if bf16 else "fp32", "s_per_step": dt,
             "images_per_s": images / dt, "peak_gib": peak, "mem_kind": mem_kind,
