@@ -175,9 +175,12 @@ def test_empty_and_missing_roots(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetError, match=r"no class folders in .*empty.*expected root/<class>/<image>"):
         build_dataset(DataConfig(root=str(tmp_path / "empty")), "train")
-    write_image(tmp_path / "loose" / "a.png")
-    with pytest.raises(DatasetError, match="no class folders"):
-        build_dataset(DataConfig(root=str(tmp_path / "loose")), "train")
+    # Images without class folders: one class named after the folder (a plain collection, e.g. for a GAN).
+    for i in range(5):
+        write_image(tmp_path / "loose" / f"{i}.png")
+    loose = build_dataset(DataConfig(root=str(tmp_path / "loose")), "train")
+    assert loose.classes == ["loose"] and len(loose) == 4 and {label for _, label in loose.samples} == {0}
+    assert len(build_dataset(DataConfig(root=str(tmp_path / "loose")), "test")) == 1
     make_folder(tmp_path / "onlytrain" / "train", {"a": 2})
     with pytest.raises(DatasetError, match=r"no test/ folder in .*onlytrain"):
         build_dataset(DataConfig(root=str(tmp_path / "onlytrain")), "test")

@@ -3,6 +3,8 @@
 Layouts (``root`` is `DataConfig.root`)::
 
     root/<class>/**/<image>                          one set, split by a seeded fraction
+    root/<image>                                     no class folders: one class, named after root
+                                                     (a plain image collection, e.g. for a GAN)
     root/train/<class>/**/<image>                    explicit splits (when root has a train/ or
     root/test/<class>/**/<image>                     test/ folder, those two names are reserved)
 
@@ -87,11 +89,14 @@ def load_folder(root: Path, split: str, test_fraction: float = 0.2, split_seed: 
     if has_split_folders(root):
         return load_split_folders(root, split)
     classes = class_folders(root)
+    folders = [root / name for name in classes]
+    if not classes and image_files(root):
+        classes, folders = [root.name or "images"], [root]
     if not classes:
         raise DatasetError(f"no class folders in {root}; {LAYOUT}")
     samples: list[tuple[Path, int]] = []
-    for label, name in enumerate(classes):
-        files = sorted(image_files(root / name), key=lambda p: _split_rank(split_seed, root, p))
+    for label, folder in enumerate(folders):
+        files = sorted(image_files(folder), key=lambda p: _split_rank(split_seed, root, p))
         k = num_test(len(files), test_fraction)
         chosen = files[:k] if split == "test" else files[k:]
         samples.extend((path, label) for path in sorted(chosen))
