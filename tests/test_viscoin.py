@@ -167,3 +167,14 @@ def test_checkpoint_round_trip_and_refuses_other_f_or_G(tmp_path):
 def test_support_vectors_need_a_large_enough_generator():
     with pytest.raises(ValueError, match="leave none for Φ"):
         VisCoIN(VisCoINConfig(num_concepts=2, adapter_channels=4), tiny_f(), tiny_G(8), resolution=32)
+
+
+def test_forward_and_losses_under_bf16_autocast():
+    model = tiny_model()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    terms = viscoin_losses(out, x, LossConfig(beta=0.0), None, model.psi.orthogonality_loss())
+    assert terms["total"].dtype == torch.float32 and torch.isfinite(terms["total"])
+    terms["total"].backward()
+    assert model.omega.layers[4].weight.grad.abs().sum() > 0

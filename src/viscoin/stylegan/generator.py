@@ -265,7 +265,8 @@ class SynthesisBlock(nn.Module):
             y = y.to(dtype=torch.float32, memory_format=torch.contiguous_format)
             img = img.add_(y) if img is not None else y
 
-        assert x.dtype == dtype
+        # Under autocast (VisCoIN's bf16 training) the convs choose their own dtype.
+        assert x.dtype == dtype or torch.is_autocast_enabled(x.device.type), (x.dtype, dtype)
         return x, img
 
     def extra_repr(self) -> str:
