@@ -447,32 +447,34 @@ def test_command_line_arguments(shapes, tmp_path, capsys):
                                              f"run.out_dir={tmp_path / 'none'}", "--resume"]))
 
 
-def test_fid_every_n_kimg_with_a_stand_in_metric(shapes, tmp_path, monkeypatch):
-    """The FID schedule and bookkeeping, with a stand-in for torchmetrics' metric (no Inception offline)."""
+def test_fid_every_n_kimg_with_a_stand_in_feature_extractor(shapes, tmp_path, monkeypatch):
+    """The FID schedule and bookkeeping, with a tiny stand-in for the Inception features (none offline)."""
     from viscoin.stylegan import train
 
-    class StandIn:
-        def __init__(self):
-            self.calls = []
+    calls = []
 
-        def update(self, images, real):
-            assert images.dtype == torch.uint8 and images.shape[1:] == (3, 16, 16)
-            self.calls.append(("real" if real else "fake", len(images)))
+    class StandIn(torch.nn.Module):
+        def forward(self, images):
+            assert images.shape[1:] == (3, 16, 16) and images.dtype == torch.float32
+            calls.append(len(images))
+            return images.mean(dim=(2, 3))  # mean colour: a 3-d feature
 
-        def reset(self):
-            self.calls.append("reset")
-
-        def compute(self):
-            return torch.tensor(12.5)
-
-    metric = StandIn()
-    monkeypatch.setattr(train.Fid, "create", staticmethod(lambda num, device, printer: train.Fid(metric, num)))
+    monkeypatch.setattr(train.Fid, "create", staticmethod(lambda num, device, printer: train.Fid(StandIn(), num)))
     out = tmp_path / "fid"
     result = train_generator(tiny(shapes, out, "kimg=0.032", "fid.every_kimg=0.016", "fid.num_images=20"))
-    assert [h["kimg"] for h in result["fid"]] == [0.016, 0.032] and result["fid"][0]["fid"] == 12.5
-    assert metric.calls.count(("real", 20)) == 1  # real features once (20 of the 51 training images)
-    assert metric.calls.count(("fake", 20)) == 2 and metric.calls.count("reset") == 2
+    assert [h["kimg"] for h in result["fid"]] == [0.016, 0.032]
+    assert all(h["fid"] >= 0 and math.isfinite(h["fid"]) for h in result["fid"])
+    assert calls == [20, 20, 20]  # real features once (20 of the training images), 20 fakes per evaluation
     assert "fid" in (out / "logs" / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+
+
+def test_fid_is_skipped_with_a_notice_without_inception_weights(tmp_path, monkeypatch):
+    from viscoin.stylegan import train
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty cache: nothing to load, nothing downloaded
+    printed = []
+    assert train.Fid.create(10, torch.device("cpu"), printed.append) is None
+    assert printed and printed[0].startswith("notice: FID skipped") and "weights-inception" in printed[0]
 
 
 def test_two_process_ddp_on_cpu(shapes, tmp_path):

@@ -432,48 +432,46 @@ def fake_grid(G: Generator, num: int) -> np.ndarray:
 
 
 class Fid:
-    """FID of a generator against real images with torchmetrics' FrechetInceptionDistance.
+    """FID of a generator against the training images, with `viscoin.metrics.fid` (Inception features).
 
-    `Fid.create` returns None (after one notice) when the metric cannot be built here: torchmetrics
-    or torch-fidelity missing, or the Inception weights not downloadable (offline).
+    `Fid.create` returns None (after one notice) when the standard Inception weights are not on
+    this machine (torch hub cache) or torchmetrics is missing: nothing is ever downloaded.
     """
 
-    def __init__(self, metric: Any, num_images: int) -> None:
-        self.metric = metric
+    def __init__(self, features: torch.nn.Module, num_images: int) -> None:
+        self.features = features
         self.num_images = num_images
-        self.has_reals = False
+        self.real: torch.Tensor | None = None
 
     @staticmethod
     def create(num_images: int, device: torch.device, printer: Any = print) -> Fid | None:
-        try:
-            from torchmetrics.image.fid import FrechetInceptionDistance
+        from viscoin.metrics.fid import InceptionFeatures
 
-            metric = FrechetInceptionDistance(feature=2048, reset_real_features=False, sync_on_compute=False)
-            return Fid(metric.to(device), num_images)
-        except Exception as exc:  # ImportError, ModuleNotFoundError, download errors: all mean "not here"
-            printer(f"notice: FID skipped, no Inception feature extractor available ({type(exc).__name__}: "
-                    f"{str(exc).splitlines()[0] if str(exc) else ''}). Install torchmetrics[image] (torch-fidelity) "
-                    "and make its Inception weights available in the torch hub cache to enable it.")
+        try:
+            return Fid(InceptionFeatures().to(device).eval(), num_images)
+        except (ImportError, FileNotFoundError) as exc:
+            printer(f"notice: FID skipped, no Inception feature extractor available: {str(exc).splitlines()[0]}")
             return None
 
     @torch.no_grad()
     def __call__(self, G: Generator, reals: torch.utils.data.Dataset, c_pool: torch.Tensor | None) -> float:
+        from viscoin.metrics.fid import fid_from_features
+
         dev = G.device
-        if not self.has_reals:
+        if self.real is None:
             n = min(len(reals), self.num_images)
-            for start in range(0, n, 64):
-                batch = torch.stack([reals[i]["image"] for i in range(start, min(start + 64, n))])
-                self.metric.update(torch.from_numpy(to_uint8(batch)).permute(0, 3, 1, 2).to(dev), real=True)
-            self.has_reals = True
-        self.metric.reset()                                         # keeps the real features
+            self.real = torch.cat([
+                self.features(torch.stack([reals[i]["image"] for i in range(start, min(start + 64, n))]).to(dev)).cpu()
+                for start in range(0, n, 64)
+            ])
         gen = torch.Generator(device="cpu").manual_seed(123)
+        fake = []
         for start in range(0, self.num_images, 64):
             n = min(64, self.num_images - start)
             z = torch.randn(n, G.z_dim, generator=gen).to(dev)
             c = c_pool[torch.randint(len(c_pool), (n,), generator=gen)].to(dev) if c_pool is not None else None
-            img = G.synthesis(G.map(z, c), noise_mode="const")
-            self.metric.update(torch.from_numpy(to_uint8(img)).permute(0, 3, 1, 2).to(dev), real=False)
-        return float(self.metric.compute())
+            fake.append(self.features(G.synthesis(G.map(z, c), noise_mode="const")).cpu())
+        return fid_from_features(self.real, torch.cat(fake))
 
 
 # ----------------------------------------------------------------------------------------------
