@@ -141,6 +141,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from viscoin.training.config import add_run_arguments
+
     parser = argparse.ArgumentParser(
         prog="viscoin",
         description="VisCoIN: interpretable image classification with concepts visualised by StyleGAN2.",
@@ -199,9 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fine-tune a classifier. Any config field can be overridden: KEY=VALUE, e.g. "
         "data.root=/data/CUB_200_2011 run.out_dir=runs/f-cub optim.lr=3e-4 run.devices=4",
     )
-    p.add_argument("--config", required=True, help="YAML file, or a shipped config: cub, celebahq, cars, tiny")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in run.out_dir")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (dotted keys)")
+    add_run_arguments(p, "classifier", "optim.lr=3e-4")
     p.set_defaults(func=cmd_classifier_train)
 
     p = csub.add_parser("test", help="top-1 accuracy of a trained classifier")
@@ -221,9 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train VisCoIN. Any config field can be overridden: KEY=VALUE, e.g. data.root=/data/CUB_200_2011 "
         "classifier=runs/f-cub/classifier generator=nets/cub-G model.num_concepts=128 run.devices=4",
     )
-    p.add_argument("--config", required=True, help="YAML file, or a shipped config: cub, cars, celebahq, tiny")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in run.out_dir")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (dotted keys)")
+    add_run_arguments(p, "viscoin", "model.num_concepts=128")
     p.set_defaults(func=cmd_train)
 
     from viscoin.interpret.cli import add_explain_arguments, run_explain_command

@@ -718,12 +718,10 @@ def train_generator(cfg: GeneratorTrainConfig, resume: bool = False) -> dict[str
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `viscoin generator train`."""
-    parser.add_argument("--config", required=True,
-                        help="YAML file, or a shipped config: auto, cub, cars, tiny")
+    from viscoin.training.config import add_run_arguments
+
+    add_run_arguments(parser, "generator", "init.source=ffhq.pkl augment.xflip=0.1")
     parser.add_argument("--data", default=None, help="training image folder (sets data.root)")
-    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in run.out_dir")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="config overrides (dotted keys), e.g. init.source=ffhq.pkl augment.xflip=0.1")
 
 
 def run_train_command(args: argparse.Namespace) -> int:

@@ -65,6 +65,15 @@ def shipped_config_names(family: str) -> list[str]:
     return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
 
 
+def add_run_arguments(parser: Any, family: str, example: str = "optim.lr=1e-3") -> None:
+    """The arguments every `... train` command shares: --config, --resume, KEY=VALUE overrides."""
+    names = ", ".join(shipped_config_names(family))
+    parser.add_argument("--config", required=True, help=f"YAML file, or a shipped config: {names}")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in run.out_dir")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help=f"config overrides (dotted keys), e.g. {example}")
+
+
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
     node = data
