@@ -228,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     from viscoin.metrics.evaluate import add_evaluate_arguments, run_evaluate_command
     from viscoin.report.cli import add_report_arguments, run_report_command
 
-    p = sub.add_parser("evaluate", help="the paper's metrics (accuracy, MSE/LPIPS/FID, faithfulness, consistency)")
+    p = sub.add_parser("evaluate", help="the paper's metrics (accuracy, MSE/LPIPS/FID, faithfulness, consistency) and ground-truth metrics when attributes exist")
     add_evaluate_arguments(p)
     p.set_defaults(func=run_evaluate_command)
     p = sub.add_parser("explain", help="explain one image: prediction, top concepts, λ sweeps, difference images")
@@ -237,6 +237,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="static HTML report: metrics, relevant class-concept pairs, figures")
     add_report_arguments(p)
     p.set_defaults(func=run_report_command)
+
+    from viscoin.demo import add_demo_arguments, run_demo_command
+
+    p = sub.add_parser(
+        "demo",
+        help="VisCoIN end to end on the synthetic birds with the shipped networks: train, evaluate, report (offline)",
+        description="Draw the synthetic birds, train VisCoIN on the shipped f and G, evaluate it with every metric "
+        "and write an HTML report. Any training config field can be overridden: KEY=VALUE.",
+    )
+    add_demo_arguments(p)
+    p.set_defaults(func=run_demo_command)
     return parser
 
 

@@ -103,6 +103,7 @@ class ClassifierConfig(DictConfig):
     weights_path: str | None = None              # ImageNet weights file (.pth or .safetensors); None -> torchvision's cache
     imagenet_weights: Literal["IMAGENET1K_V1", "IMAGENET1K_V2"] = "IMAGENET1K_V1"  # torchvision release to look for in the cache
     taps: tuple[str, ...] = ("layer2", "layer3", "layer4.-2")  # hidden outputs Ψ reads (see module docstring)
+    width: int = 64                              # channels of layer1 (64: torchvision's ResNets; smaller: a narrow ResNet trained from scratch)
 
     def __post_init__(self) -> None:
         if self.arch not in ARCH_BLOCKS:
@@ -119,6 +120,13 @@ class ClassifierConfig(DictConfig):
             raise ConfigError(
                 f"classifier.imagenet_weights: torchvision has no {self.imagenet_weights!r} weights for "
                 f"{self.arch}; expected one of {list(ARCH_RELEASES[self.arch])}"
+            )
+        if isinstance(self.width, bool) or not isinstance(self.width, int) or self.width < 1:
+            raise ConfigError(f"classifier.width: expected an integer >= 1, got {self.width!r}")
+        if self.width != 64 and self.pretrained == "imagenet":
+            raise ConfigError(
+                f"classifier.width: ImageNet weights exist only for width 64, got {self.width}; "
+                "set classifier.pretrained=none to train a narrow ResNet from scratch"
             )
         if isinstance(self.taps, str) or not isinstance(self.taps, Iterable):
             raise ConfigError(f"classifier.taps: expected a list of tap names, got {self.taps!r}")
@@ -141,6 +149,31 @@ class ClassifierConfig(DictConfig):
 def _halve(size: int) -> int:
     """Spatial size after a stride-2 layer of ResNet (7x7/p3 conv, 3x3/p1 max-pool or conv, 1x1 conv)."""
     return (size - 1) // 2 + 1
+
+
+def _build_resnet(config: ClassifierConfig) -> torchvision.models.ResNet:
+    """torchvision's ResNet of ``config.arch`` (never downloads); with ``config.width != 64`` every
+    stage's channels are scaled by ``width / 64`` (same blocks, same parameter names)."""
+    builder = getattr(torchvision.models, config.arch)
+    net: torchvision.models.ResNet = builder(weights=None, num_classes=config.num_classes)
+    if config.width == 64:
+        return net
+    block = type(net.layer1[0])
+    width = config.width
+    net.inplanes = width                                # torchvision's _make_layer reads and updates it
+    net.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+    net.bn1 = nn.BatchNorm2d(width)
+    for stage, blocks in enumerate(ARCH_BLOCKS[config.arch], start=1):
+        stride = 1 if stage == 1 else 2
+        setattr(net, f"layer{stage}", net._make_layer(block, width * 2 ** (stage - 1), blocks, stride=stride))
+    net.fc = nn.Linear(width * 8 * ARCH_EXPANSION[config.arch], config.num_classes)
+    for m in net.modules():                             # torchvision's initialisation
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    return net
 
 
 class Classifier(nn.Module):
@@ -169,8 +202,7 @@ class Classifier(nn.Module):
         self.tap_names: list[str] = config.resolved_taps()
         self._frozen = False
         self.imagenet_source: dict[str, Any] | None = None  # set by load_imagenet_weights
-        builder = getattr(torchvision.models, config.arch)
-        self.net: torchvision.models.ResNet = builder(weights=None, num_classes=config.num_classes)
+        self.net: torchvision.models.ResNet = _build_resnet(config)
         # ImageNet normalisation of (x + 1) / 2, as constant buffers ([1, 3, 1, 1]); not saved in
         # checkpoints (they are fixed by the definition), but they follow .to(device / dtype).
         self.register_buffer("input_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
@@ -200,17 +232,17 @@ class Classifier(nn.Module):
         net = self.net
         out: dict[str, Tensor] = {}
         h = self.normalize(x)                                   # [N, 3, H, W]
-        h = net.maxpool(net.relu(net.bn1(net.conv1(h))))        # [N, 64, H/4, W/4]
+        h = net.maxpool(net.relu(net.bn1(net.conv1(h))))        # [N, width, H/4, W/4]
         for stage in range(1, 5):
             layer = getattr(net, f"layer{stage}")
             for i, block in enumerate(layer):
-                h = block(h)                                    # [N, 64*2^(stage-1)*exp, H/2^(stage+1), ...]
+                h = block(h)                                    # [N, width*2^(stage-1)*exp, H/2^(stage+1), ...]
                 name = f"layer{stage}.{i}"
                 if name in taps:
                     out[name] = h
             if f"layer{stage}" in taps:
                 out[f"layer{stage}"] = h
-        h = torch.flatten(net.avgpool(h), 1)                    # [N, 512*exp]
+        h = torch.flatten(net.avgpool(h), 1)                    # [N, 8*width*exp]
         logits = net.fc(h)                                      # [N, C]
         assert logits.shape == (x.shape[0], self.num_classes), (logits.shape, self.num_classes)
         out[LOGITS] = logits
@@ -234,11 +266,11 @@ class Classifier(nn.Module):
     # ---------------------------------------------------------------- shapes
 
     def tap_channels(self) -> dict[str, int]:
-        """Channel count of each tap (every block of stage K outputs 64 * 2^(K-1) * expansion)."""
+        """Channel count of each tap (every block of stage K outputs width * 2^(K-1) * expansion)."""
         return {name: self._stage_channels(int(name[5])) for name in self.tap_names}
 
     def _stage_channels(self, stage: int) -> int:
-        return 64 * 2 ** (stage - 1) * self.config.expansion
+        return self.config.width * 2 ** (stage - 1) * self.config.expansion
 
     def tap_shapes(self, resolution: int | tuple[int, int]) -> dict[str, tuple[int, int, int]]:
         """``(C, H, W)`` of each tap for an input of ``resolution`` (square side, or ``(H, W)``).

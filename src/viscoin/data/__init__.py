@@ -6,6 +6,8 @@
 - ``"cub"``: CUB-200-2011 with its 312 binary attributes (`viscoin.data.cub`);
 - ``"cars"``: Stanford Cars, original or per-class folders (`viscoin.data.cars`);
 - ``"celebahq"``: CelebA-HQ young/old with its 40 binary attributes (`viscoin.data.celebahq`);
+- ``"synthetic"``: the synthetic birds with 17 ground-truth attributes, drawn on first use and
+  cached (`viscoin.data.synthetic`); ``root`` may be empty (the user cache folder);
 
 into an `ImageDataset` (`viscoin.data.base`). Train: random resized crop + horizontal flip,
 seeded per sample; test: resize the shorter side + center crop.
@@ -23,11 +25,13 @@ from viscoin.data.cars import load_cars
 from viscoin.data.celebahq import load_celebahq
 from viscoin.data.cub import load_cub
 from viscoin.data.folder import load_folder
+from viscoin.data.synthetic import default_root, load_synthetic
 from viscoin.utils.config import ConfigError, DictConfig
 
 __all__ = ["DataConfig", "DatasetError", "ImageDataset", "build_dataset"]
 
-DatasetKind = Literal["folder", "cub", "cars", "celebahq"]
+DatasetKind = Literal["folder", "cub", "cars", "celebahq", "synthetic"]
+KINDS = ("folder", "cub", "cars", "celebahq", "synthetic")
 
 
 def _check_range(value: tuple[float, float], name: str, upper: float | None = None) -> None:
@@ -45,15 +49,16 @@ class DataConfig(DictConfig):
     root: str = ""                                      # dataset folder
     resolution: int = 256                               # output images are resolution x resolution
     test_fraction: float = 0.2                          # folder without train/test levels: seeded stratified split
-    split_seed: int = 0                                 # seed of that split
+    split_seed: int = 0                                 # seed of that split (synthetic: of the drawing)
+    synthetic_per_class: tuple[int, int] = (500, 100)   # synthetic: train and test images per class
     crop_scale: tuple[float, float] = (0.08, 1.0)       # random resized crop: area fraction range (train)
     crop_ratio: tuple[float, float] = (0.75, 4 / 3)     # random resized crop: aspect-ratio range (train)
     hflip: float = 0.5                                  # probability of a horizontal flip (train)
     on_bad_image: Literal["error", "skip"] = "error"    # unreadable image: raise, or warn and use another sample
 
     def __post_init__(self) -> None:
-        if self.kind not in ("folder", "cub", "cars", "celebahq"):
-            raise ConfigError(f"data.kind: expected one of folder, cub, cars, celebahq, got {self.kind!r}")
+        if self.kind not in KINDS:
+            raise ConfigError(f"data.kind: expected one of {', '.join(KINDS)}, got {self.kind!r}")
         if not isinstance(self.root, str):
             raise ConfigError(f"data.root: expected a string, got {self.root!r}")
         if isinstance(self.resolution, bool) or not isinstance(self.resolution, int) or self.resolution < 8:
@@ -62,6 +67,10 @@ class DataConfig(DictConfig):
             raise ConfigError(f"data.test_fraction: expected 0 < test_fraction < 1, got {self.test_fraction}")
         if isinstance(self.split_seed, bool) or not isinstance(self.split_seed, int):
             raise ConfigError(f"data.split_seed: expected an integer, got {self.split_seed!r}")
+        counts = self.synthetic_per_class
+        if len(counts) != 2 or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in counts):
+            raise ConfigError(f"data.synthetic_per_class: expected [train, test] integers >= 1, got {counts!r}")
+        object.__setattr__(self, "synthetic_per_class", (int(counts[0]), int(counts[1])))
         for name in ("crop_scale", "crop_ratio"):
             value = getattr(self, name)
             if len(value) != 2:
@@ -82,6 +91,8 @@ def _load(cfg: DataConfig, root: Path, split: str) -> LoadedSplit:
         return load_cub(root, split)
     if cfg.kind == "cars":
         return load_cars(root, split)
+    if cfg.kind == "synthetic":
+        return load_synthetic(root, split, cfg.split_seed, cfg.synthetic_per_class)
     return load_celebahq(root, split)
 
 
@@ -92,12 +103,12 @@ def build_dataset(cfg: DataConfig, split: Literal["train", "test"], augment: boo
     """
     if split not in ("train", "test"):
         raise ValueError(f"split: expected 'train' or 'test', got {split!r}")
-    if not cfg.root:
+    if not cfg.root and cfg.kind != "synthetic":
         raise DatasetError("data.root: not set; give the dataset folder")
-    root = Path(cfg.root).expanduser()
-    if not root.exists():
+    root = Path(cfg.root).expanduser() if cfg.root else default_root()
+    if not root.exists() and cfg.kind != "synthetic":  # the synthetic dataset is drawn there on first use
         raise DatasetError(f"data.root: folder {root} does not exist")
-    if not root.is_dir():
+    if root.exists() and not root.is_dir():
         raise DatasetError(f"data.root: {root} is not a folder")
     loaded = _load(cfg, root, split)
     return ImageDataset(

@@ -6,7 +6,9 @@
 The data config is the one saved with the checkpoint (``extra["data"]``), changed by
 ``data.KEY=VALUE`` overrides. Test split: accuracy of g and f and their agreement, reconstruction
 MSE / LPIPS / FID, faithfulness (median FF_x at each τ, with the random baseline). Training and
-test splits (no augmentation): consistency (mean ± std over concepts, per λ). Everything is
+test splits (no augmentation): consistency (mean ± std over concepts, per λ) and, when the
+dataset has attribute labels (synthetic birds, CUB, CelebA-HQ), the ground-truth metrics of
+`viscoin.metrics.ground_truth` (concept-attribute alignment, visualisation correctness). Everything is
 seeded (`EvaluateConfig.seed`) and batched; `markdown_tables` lays the numbers out like the
 paper's tables 1 and 2. The CLI hooks `add_evaluate_arguments` / `run_evaluate_command` are
 wired into ``viscoin evaluate`` by `viscoin.cli`.
@@ -32,15 +34,15 @@ from viscoin.metrics.fidelity import fidelity_pass
 from viscoin.model.viscoin import VisCoIN, load_viscoin, read_viscoin_info
 from viscoin.utils.config import ConfigError, DictConfig, config_from_dict
 
-METRICS = ("accuracy", "reconstruction", "faithfulness", "consistency")
-DATASET_NAMES = {"cub": "CUB", "cars": "Stanford Cars", "celebahq": "CelebA-HQ"}
+METRICS = ("accuracy", "reconstruction", "faithfulness", "consistency", "ground_truth")
+DATASET_NAMES = {"cub": "CUB", "cars": "Stanford Cars", "celebahq": "CelebA-HQ", "synthetic": "Synthetic birds"}
 
 
 @dataclass(frozen=True)
 class EvaluateConfig(DictConfig):
     """What `evaluate_model` computes and how (defaults: the paper's protocol, appendix B.3)."""
 
-    metrics: tuple[str, ...] = METRICS                     # subset of accuracy, reconstruction, faithfulness, consistency
+    metrics: tuple[str, ...] = METRICS                     # subset of accuracy, reconstruction, faithfulness, consistency, ground_truth
     n_faithfulness: int = 1000                             # random test samples for faithfulness (capped at the test size)
     thresholds: tuple[float, ...] = (0.1, 0.2, 0.4)        # τ of faithfulness
     consistency_lambdas: tuple[float, ...] = (2.0, 4.0)    # λ of consistency (2: main text; higher: appendix C)
@@ -58,6 +60,11 @@ class EvaluateConfig(DictConfig):
     progress: bool = True                                  # tqdm progress bars
     max_test_samples: int = 0                              # cap on test samples (seeded subset; 0: all)
     max_train_samples: int = 0                             # cap on training samples for relevance/consistency (0: all)
+    gt_purity: float = 0.9                                 # ground truth: class-defining = within-class frequency <= 1-p or >= p
+    gt_lambdas: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0)   # ground truth: λ of the judged sweeps
+    gt_concepts: int = 10                                  # ground truth: most relevant concepts judged
+    gt_images: int = 16                                    # ground truth: images swept per concept
+    gt_min_gain: float = 0.1                               # ground truth: probe gain that makes a sweep correct
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.metrics if m not in METRICS]
@@ -70,6 +77,11 @@ class EvaluateConfig(DictConfig):
             raise ConfigError(f"evaluate.cv_folds: expected >= 2, got {self.cv_folds}")
         if not all(-1 <= t < 1 for t in self.thresholds):
             raise ConfigError(f"evaluate.thresholds: expected values in [-1, 1), got {list(self.thresholds)}")
+        if not 0.5 < self.gt_purity <= 1:
+            raise ConfigError(f"evaluate.gt_purity: expected 0.5 < purity <= 1, got {self.gt_purity}")
+        if len(self.gt_lambdas) < 2 or self.gt_concepts < 1 or self.gt_images < 1:
+            raise ConfigError("evaluate.gt_lambdas / gt_concepts / gt_images: expected >= 2 λ values and >= 1 "
+                              f"concept and image, got {list(self.gt_lambdas)}, {self.gt_concepts}, {self.gt_images}")
         if self.fid_features not in ("inception", "classifier", "none"):
             raise ConfigError(f"evaluate.fid_features: expected inception, classifier or none, got {self.fid_features!r}")
 
@@ -128,8 +140,12 @@ def evaluate_model(
             }
         timings["accuracy+reconstruction"] = time.perf_counter() - start
 
-    test_enc = None
-    if "faithfulness" in cfg.metrics or "consistency" in cfg.metrics:
+    ground_truth = "ground_truth" in cfg.metrics
+    if ground_truth and (getattr(test_set, "attributes", None) is None or getattr(train_set, "attributes", None) is None):
+        result["ground_truth"] = {"skipped": "the dataset has no attribute labels"}
+        ground_truth = False
+    test_enc = train_enc = None
+    if "faithfulness" in cfg.metrics or "consistency" in cfg.metrics or ground_truth:
         start = time.perf_counter()
         test_enc = encode_dataset(model, test_set, test_idx, cfg.batch_size, progress=cfg.progress, desc="encode test")
         timings["encode test"] = time.perf_counter() - start
@@ -142,13 +158,15 @@ def evaluate_model(
                                               cfg.batch_size, cfg.progress)
         timings["faithfulness"] = time.perf_counter() - start
 
-    if "consistency" in cfg.metrics:
-        assert test_enc is not None
+    if "consistency" in cfg.metrics or ground_truth:
         start = time.perf_counter()
         train_idx = seeded_subset(len(train_set), cfg.max_train_samples, cfg.seed)
         train_enc = encode_dataset(model, train_set, train_idx, cfg.batch_size, progress=cfg.progress,
                                    desc="encode train")
         timings["encode train"] = time.perf_counter() - start
+
+    if "consistency" in cfg.metrics:
+        assert test_enc is not None and train_enc is not None
         start = time.perf_counter()
         result["consistency"] = consistency(
             model, train_enc, test_enc, cfg.consistency_lambdas, cfg.consistency_samples,
@@ -156,6 +174,18 @@ def evaluate_model(
             folds=cfg.cv_folds, seed=cfg.seed, batch_size=cfg.batch_size, progress=cfg.progress,
         )
         timings["consistency"] = time.perf_counter() - start
+
+    if ground_truth:
+        from viscoin.metrics.ground_truth import ground_truth_metrics
+
+        assert test_enc is not None and train_enc is not None
+        start = time.perf_counter()
+        result["ground_truth"] = ground_truth_metrics(
+            model, train_set, test_set, train_enc, test_enc, purity=cfg.gt_purity, lambdas=cfg.gt_lambdas,
+            num_concepts=cfg.gt_concepts, num_images=cfg.gt_images, min_gain=cfg.gt_min_gain,
+            batch_size=cfg.batch_size, progress=cfg.progress, seed=cfg.seed,
+        )
+        timings["ground_truth"] = time.perf_counter() - start
     return result
 
 
@@ -221,6 +251,24 @@ def markdown_tables(results: dict[str, Any] | Sequence[dict[str, Any]]) -> str:
         notes = {r["reconstruction"]["lpips_note"] for r in rows
                  if r.get("reconstruction", {}).get("lpips_note")}
         out += [""] + [f"LPIPS {note}" for note in sorted(notes)]
+    if any("alignment" in r.get("ground_truth", {}) for r in rows):
+        out += ["", "Ground truth: concept-attribute alignment (best ROC-AUC per attribute; captured: AUC >= 0.9), "
+                "attribute-probe accuracy, visualisation correctness (share of the most relevant concepts whose "
+                "λ sweep raises their attribute's probe probability)", "",
+                "| Dataset | Mean AUC (class-defining) | Captured (class-defining) | Mean AUC (all) | "
+                "Probe accuracy | Correct sweeps | Mean gain |", "|---|" + "---:|" * 6]
+        for n, r in zip(names, rows):
+            gt = r.get("ground_truth", {})
+            if "alignment" not in gt:
+                continue
+            cd, al, vis = gt["alignment"]["class_defining"], gt["alignment"]["all"], gt["visualisation"]
+            captured = ("–" if cd["captured"] is None
+                        else f"{100 * cd['captured']:.0f}% ({cd['captured_count']}/{cd['count']})")
+            probe = gt["probe"]["mean_class_defining"]
+            out.append(f"| {n} | {_num(cd['mean_auc'], '.3f')} | {captured} | {_num(al['mean_auc'], '.3f')} | "
+                       f"{_num(None if probe is None else 100 * probe, '.1f')}% | "
+                       f"{_num(None if vis['correct'] is None else 100 * vis['correct'], '.0f')}% | "
+                       f"{_num(vis['mean_gain'], '+.3f')} |")
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -283,6 +331,10 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=d.seed, help=f"seed of every random choice (default: {d.seed})")
     parser.add_argument("--max-test", type=int, default=0, help="cap on test samples (seeded subset; default: all)")
     parser.add_argument("--max-train", type=int, default=0, help="cap on training samples (seeded subset; default: all)")
+    parser.add_argument("--gt-concepts", type=int, default=d.gt_concepts,
+                        help=f"ground truth: most relevant concepts whose λ sweeps are judged (default: {d.gt_concepts})")
+    parser.add_argument("--gt-images", type=int, default=d.gt_images,
+                        help=f"ground truth: images per judged sweep (default: {d.gt_images})")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -294,6 +346,7 @@ def config_from_args(args: argparse.Namespace) -> EvaluateConfig:
         max_concepts=args.max_concepts, fid_features=args.fid_features, inception_path=args.inception,
         lpips=not args.no_lpips, lpips_vgg_path=args.lpips_vgg, batch_size=args.batch_size, seed=args.seed,
         progress=not args.no_progress, max_test_samples=args.max_test, max_train_samples=args.max_train,
+        gt_concepts=args.gt_concepts, gt_images=args.gt_images,
     )
 
 

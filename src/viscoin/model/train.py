@@ -71,14 +71,16 @@ def lr_factor(step: int, cfg: VisCoINTrainConfig) -> float:
 
 
 def load_frozen_networks(cfg: VisCoINTrainConfig) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """f and G from folders or shipped names (``viscoin:birds/classifier``), frozen."""
     from viscoin.classifier.model import load_classifier
+    from viscoin.pretrained import resolve
     from viscoin.stylegan.checkpoint import load_generator
 
     if not cfg.classifier:
         raise ConfigError("classifier: set it to a classifier folder (from `viscoin classifier train`)")
     if not cfg.generator:
         raise ConfigError("generator: set it to a generator folder or an official .pkl")
-    return load_classifier(cfg.classifier), load_generator(cfg.generator)
+    return load_classifier(resolve(cfg.classifier)), load_generator(resolve(cfg.generator))
 
 
 def training_losses(

@@ -190,9 +190,14 @@ def save_viscoin(
     extra: dict[str, Any] | None = None,
 ) -> Path:
     """Save Ψ, Θ, Ω with the config and the identity (paths, SHA-256 of the weights) of f and G."""
+    from viscoin.pretrained import is_pretrained_name
+
+    def record(path: str | os.PathLike) -> str:  # shipped networks keep their name (valid if the package moves)
+        return str(path) if is_pretrained_name(path) else str(Path(path).resolve())
+
     source = {
-        "classifier": {"path": str(Path(classifier_path).resolve()), "state_sha256": state_fingerprint(model.f)},
-        "generator": {"path": str(Path(generator_path).resolve()), "state_sha256": state_fingerprint(model.G)},
+        "classifier": {"path": record(classifier_path), "state_sha256": state_fingerprint(model.f)},
+        "generator": {"path": record(generator_path), "state_sha256": state_fingerprint(model.G)},
     }
     config = {"model": model.config.to_dict(), "resolution": model.resolution}
     return save_checkpoint_folder(out_dir, FORMAT, "viscoin", config, model.state_dict(), source=source, extra=extra)
@@ -210,14 +215,15 @@ def load_viscoin(
 ) -> VisCoIN:
     """Load a VisCoIN checkpoint; refuses an f or G whose weights differ from those it was trained with."""
     from viscoin.classifier.model import load_classifier
+    from viscoin.pretrained import resolve
     from viscoin.stylegan.checkpoint import load_generator
 
     info = read_viscoin_info(path)
     src = info.get("source", {})
     if classifier is None:
-        classifier = load_classifier(src["classifier"]["path"])
+        classifier = load_classifier(resolve(src["classifier"]["path"]))
     if generator is None:
-        generator = load_generator(src["generator"]["path"])
+        generator = load_generator(resolve(src["generator"]["path"]))
     for name, module in (("classifier", classifier), ("generator", generator)):
         expected = src.get(name, {}).get("state_sha256")
         if expected is not None and state_fingerprint(module) != expected:

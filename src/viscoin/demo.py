@@ -1,0 +1,154 @@
+"""`viscoin demo`: VisCoIN end to end on the synthetic birds, offline, in minutes on a CPU.
+
+    viscoin demo                      # -> viscoin-demo/report/index.html
+    viscoin demo --out DIR --config demo-fast iterations=100
+
+Steps (each prints a line and shows a progress bar):
+
+1. draw (or reuse) the synthetic birds (`viscoin.data.synthetic`, cached in the user cache folder);
+2. load the shipped classifier f and generator G (``viscoin:birds/classifier``,
+   ``viscoin:birds/generator``, see `viscoin.pretrained`);
+3. train Ψ, Θ, Ω with the shipped ``demo`` config (`viscoin.model.train`); a killed demo resumes
+   from its last checkpoint when run again, a finished one is reused;
+4. evaluate with every metric (`viscoin.metrics.evaluate`): accuracy, reconstruction, faithfulness,
+   consistency and the ground-truth metrics. FID uses the Inception weights when they are in torch
+   hub's cache, else f's features (labelled as such); LPIPS is skipped (with a note) without VGG16
+   weights;
+5. write the HTML report (`viscoin.report`) and print a summary with its path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+DEFAULT_OUT = Path("viscoin-demo")
+
+
+def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="changes to the training config, e.g. iterations=200 model.num_concepts=24")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
+    parser.add_argument("--config", default="demo", help="training config: a shipped name or a YAML file "
+                        "(default: demo)")
+    parser.add_argument("--fresh", action="store_true", help="train again even if OUT holds a finished model")
+    parser.add_argument("--max-train", type=int, default=2400,
+                        help="training images used by the metrics (seeded subset; 0: all; default: 2400)")
+    parser.add_argument("--n-faithfulness", type=int, default=1000, help="test images for faithfulness (default: 1000)")
+    parser.add_argument("--consistency-samples", type=int, default=50,
+                        help="samples per set and concept for consistency (default: 50)")
+
+
+def _fid_features() -> tuple[str, str | None]:
+    """'inception' when its weights are available offline, else 'classifier' and why."""
+    from viscoin.metrics.fid import inception_cache_path
+
+    file = inception_cache_path()
+    if not file.is_file():
+        return "classifier", f"no Inception weights at {file}"
+    return "inception", None
+
+
+def _step(number: int, text: str) -> None:
+    print(f"[{number}/5] {text}", flush=True)
+
+
+def run_demo(
+    out: Path = DEFAULT_OUT,
+    config: str = "demo",
+    overrides: list[str] | tuple[str, ...] = (),
+    fresh: bool = False,
+    max_train: int = 2400,
+    n_faithfulness: int = 1000,
+    consistency_samples: int = 50,
+) -> dict[str, Any]:
+    """Run the demo into `out`; returns the evaluation (also written to ``out/evaluation.json``)."""
+    from viscoin.data import build_dataset
+    from viscoin.metrics.evaluate import EvaluateConfig, evaluate_checkpoint, markdown_tables
+    from viscoin.model.train import VisCoINTrainConfig, load_frozen_networks, train_viscoin
+    from viscoin.report.html import write_report
+    from viscoin.training.config import load_config
+    from viscoin.training.state import latest_checkpoint
+    from viscoin.utils.io import write_json
+
+    start = time.perf_counter()
+    out = Path(out)
+    cfg = load_config(VisCoINTrainConfig, config, [*overrides, f"run.out_dir={out.as_posix()}"], family="viscoin")
+
+    _step(1, "the synthetic birds dataset (drawn once, then cached)")
+    train_set = build_dataset(cfg.data, "train")
+    build_dataset(cfg.data, "test")
+    print(f"      {train_set}")
+
+    _step(2, f"the shipped networks: f = {cfg.classifier}, G = {cfg.generator}")
+    f, G = load_frozen_networks(cfg)
+    print(f"      f: {f.config.arch} width {f.config.width}, {sum(p.numel() for p in f.parameters()) / 1e6:.2f} M "
+          f"parameters; G: {G.img_resolution}x{G.img_resolution}, "
+          f"{sum(p.numel() for p in G.parameters()) / 1e6:.2f} M parameters")
+    del f, G
+
+    model_dir = out / "viscoin"
+    done = (model_dir / "config.json").is_file() and not fresh
+    if done:
+        _step(3, f"reusing the trained model in {model_dir} (--fresh to train again)")
+    else:
+        resume = not fresh and latest_checkpoint(out / "checkpoints") is not None
+        _step(3, f"training VisCoIN ({cfg.iterations} steps, K={cfg.model.num_concepts})"
+              + (" - resuming" if resume else ""))
+        train_viscoin(cfg, resume=resume)
+
+    fid, why = _fid_features()
+    _step(4, "evaluating with every metric" + (f" (FID on f's features: {why})" if why else ""))
+    eval_cfg = EvaluateConfig(fid_features=fid, n_faithfulness=n_faithfulness, consistency_samples=consistency_samples,
+                              max_train_samples=max_train, consistency_lambdas=(2.0, 4.0))
+    device = torch.device("cpu")
+    result = evaluate_checkpoint(model_dir, eval_cfg, device)
+    write_json(out / "evaluation.json", result)
+
+    _step(5, "writing the HTML report")
+    index = write_report(model_dir, out / "report", metrics=result, device=device,
+                         metrics_source=str(out / "evaluation.json"))
+    elapsed = time.perf_counter() - start
+    print()
+    print(markdown_tables(result))
+    print(summary(result, index, elapsed))
+    return result
+
+
+def summary(result: dict[str, Any], index: Path, elapsed: float) -> str:
+    """A few lines: the goals of the benchmark and where the report is."""
+    acc = result.get("accuracy", {})
+    lines = ["Summary"]
+    if acc:
+        lines.append(f"  accuracy: g {100 * acc['g']:.1f}% vs f {100 * acc['f']:.1f}% "
+                     f"({100 * acc['g'] / max(acc['f'], 1e-9):.1f}% of f)")
+    ff = result.get("faithfulness", {}).get("thresholds", {})
+    if ff:
+        tau = min(ff, key=float)
+        lines.append(f"  faithfulness (median, τ={tau}): {ff[tau]['median']:.3f}, random baseline "
+                     f"{ff[tau]['random_median']:.3f}")
+    cons = result.get("consistency", {}).get("lambdas", {})
+    if cons:
+        lam = min(cons, key=float)
+        if cons[lam]["mean"] is not None:
+            lines.append(f"  consistency (λ={lam}): {100 * cons[lam]['mean']:.1f}%")
+    gt = result.get("ground_truth", {})
+    if "alignment" in gt:
+        cd = gt["alignment"]["class_defining"]
+        lines.append(f"  class-defining attributes captured (AUC >= 0.9): {cd['captured_count']}/{cd['count']}, "
+                     f"mean AUC {cd['mean_auc']:.3f}")
+        if gt["visualisation"]["correct"] is not None:
+            lines.append(f"  λ sweeps judged correct by the attribute probe: "
+                         f"{100 * gt['visualisation']['correct']:.0f}%")
+    lines.append(f"  report: {index.resolve()}  ({elapsed / 60:.1f} min)")
+    return "\n".join(lines)
+
+
+def run_demo_command(args: argparse.Namespace) -> int:
+    run_demo(args.out, args.config, list(args.overrides), args.fresh, args.max_train, args.n_faithfulness,
+             args.consistency_samples)
+    return 0

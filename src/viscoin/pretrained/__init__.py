@@ -1,0 +1,39 @@
+"""Networks shipped inside the package (safetensors + JSON), named ``viscoin:<name>``.
+
+``birds/classifier`` and ``birds/generator`` are the classifier f and the StyleGAN2 generator G of
+the synthetic birds (`viscoin.data.synthetic`), used by ``viscoin demo``. They were produced by
+viscoin's own commands with the shipped configs (``configs/classifier/birds.yaml``,
+``configs/generator/birds.yaml``; the README gives the exact command lines). Anywhere a
+classifier or generator folder is expected (``viscoin train classifier=...``), the name
+``viscoin:birds/classifier`` can be given instead of a path; checkpoints record that name, so
+they stay valid when the package moves.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PREFIX = "viscoin:"
+ROOT = Path(__file__).resolve().parent
+BIRDS_CLASSIFIER = "viscoin:birds/classifier"
+BIRDS_GENERATOR = "viscoin:birds/generator"
+
+
+def available() -> list[str]:
+    """Names of the shipped networks (folders holding a config.json)."""
+    return sorted(PREFIX + p.parent.relative_to(ROOT).as_posix() for p in ROOT.glob("*/*/config.json"))
+
+
+def is_pretrained_name(path: str | Path) -> bool:
+    return isinstance(path, str) and path.startswith(PREFIX)
+
+
+def resolve(path: str | Path) -> Path:
+    """The folder of a ``viscoin:<name>`` network, or `path` itself (expanded) for anything else."""
+    if not is_pretrained_name(path):
+        return Path(path).expanduser()
+    name = str(path)[len(PREFIX):]
+    folder = (ROOT / name).resolve()
+    if ROOT not in folder.parents or not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{path}: no such network shipped with viscoin; available: {', '.join(available())}")
+    return folder
