@@ -333,6 +333,9 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-train", type=int, default=0, help="cap on training samples (seeded subset; default: all)")
     parser.add_argument("--gt-concepts", type=int, default=d.gt_concepts,
                         help=f"ground truth: most relevant concepts whose λ sweeps are judged (default: {d.gt_concepts})")
+    parser.add_argument("--gt-purity", type=float, default=d.gt_purity,
+                        help="ground truth: an attribute is class-defining when its frequency in every class is "
+                             f"<= 1-P or >= P (default: {d.gt_purity}; lower it for noisy labels such as CUB's)")
     parser.add_argument("--gt-images", type=int, default=d.gt_images,
                         help=f"ground truth: images per judged sweep (default: {d.gt_images})")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -346,7 +349,7 @@ def config_from_args(args: argparse.Namespace) -> EvaluateConfig:
         max_concepts=args.max_concepts, fid_features=args.fid_features, inception_path=args.inception,
         lpips=not args.no_lpips, lpips_vgg_path=args.lpips_vgg, batch_size=args.batch_size, seed=args.seed,
         progress=not args.no_progress, max_test_samples=args.max_test, max_train_samples=args.max_train,
-        gt_concepts=args.gt_concepts, gt_images=args.gt_images,
+        gt_concepts=args.gt_concepts, gt_images=args.gt_images, gt_purity=args.gt_purity,
     )
 
 

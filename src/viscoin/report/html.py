@@ -293,7 +293,7 @@ def write_report(
     extra = info.get("extra") or {}
     model_rows = [["checkpoint", str(checkpoint.resolve())], ["concepts K", str(k)], ["classes C", str(model.num_classes)],
                   ["resolution", f"{model.resolution}×{model.resolution}"], ["support branch Φ'", str(model.config.use_support)],
-                  ["data", f"{data_cfg.kind}: {data_cfg.root}"], ["training images", str(len(train))]]
+                  ["data", f"{data_cfg.kind}: {data_cfg.root or '(the user cache folder)'}"], ["training images", str(len(train))]]
     if "perceptual" in extra:
         model_rows.append(["perceptual term", str(extra["perceptual"])])
     train_summary = extra.get("test")
