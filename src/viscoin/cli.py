@@ -238,6 +238,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_report_arguments(p)
     p.set_defaults(func=run_report_command)
 
+    from viscoin.apps.explore import add_explore_arguments, run_explore_command
+
+    p = sub.add_parser("explore", help="interactive concept explorer in the browser (needs the extra viscoin[app])",
+                       description="Serve a local web app: pick an image, move its concepts' λ, read concept pages.")
+    add_explore_arguments(p)
+    p.set_defaults(func=run_explore_command)
+
     from viscoin.demo import add_demo_arguments, run_demo_command
 
     p = sub.add_parser(
