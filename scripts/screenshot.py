@@ -1,6 +1,6 @@
 """Screenshot of an HTML page in headless Chromium (Debian's chromium, driven by Playwright).
 
-    python scripts/screenshot.py viscoin-demo/report/index.html docs/demo-report.png [--height 2400]
+    python scripts/screenshot.py viscoin-demo/report/index.html docs/demo-report.png [--selector '#pair-1' --height 1400]
 
 Used for the README's pictures of `viscoin demo`'s report; the page is opened from disk (file://),
 with no network.
@@ -21,6 +21,7 @@ def main() -> None:
     parser.add_argument("out", type=Path, help="PNG to write")
     parser.add_argument("--width", type=int, default=1200)
     parser.add_argument("--height", type=int, default=0, help="clip to this height (0: the full page)")
+    parser.add_argument("--selector", default="", help="start the clip at this element (CSS selector), e.g. '#pair-1'")
     parser.add_argument("--chromium", default="/usr/bin/chromium")
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
@@ -30,7 +31,13 @@ def main() -> None:
         page = browser.new_page(viewport={"width": args.width, "height": args.height or 900})
         page.goto(args.page.resolve().as_uri())
         page.wait_for_load_state("networkidle")
-        clip = {"x": 0, "y": 0, "width": args.width, "height": args.height} if args.height else None
+        top = 0.0
+        if args.selector:
+            box = page.locator(args.selector).first.bounding_box()
+            if box is None:
+                raise SystemExit(f"--selector {args.selector!r}: no visible element on {args.page}")
+            top = max(0.0, box["y"] - 10)
+        clip = {"x": 0, "y": top, "width": args.width, "height": args.height} if args.height else None
         page.screenshot(path=str(args.out), full_page=True, clip=clip)
         browser.close()
     print(f"wrote {args.out}")
