@@ -1,0 +1,114 @@
+"""The networks shipped for the synthetic birds, and `viscoin demo` (a smaller, faster variant of it)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from viscoin.classifier.model import load_classifier
+from viscoin.cli import main
+from viscoin.data import DataConfig, build_dataset
+from viscoin.pretrained import BIRDS_CLASSIFIER, BIRDS_GENERATOR, available, resolve
+from viscoin.stylegan.checkpoint import load_generator
+
+# Measured on the shipped files (README, "The shipped networks"); the tests keep a margin.
+CLASSIFIER_TEST_ACCURACY = 0.99      # measured: 100.00% on the 1200 test images
+SAMPLE_CONFIDENCE = 0.75             # mean max-probability of f on 256 samples of G (measured: 0.841)
+SAMPLE_CONFIDENT_SHARE = 0.50        # share of them f classifies with probability >= 0.9 (measured: 0.605)
+SAMPLE_CLASSES = 4                   # classes f finds among them (measured: 5 of 12: G has collapsed to few modes)
+
+
+@pytest.fixture(scope="module")
+def birds_root(tmp_path_factory):
+    """The full synthetic dataset (500 + 100 images per class), drawn once for this module."""
+    return tmp_path_factory.mktemp("birds-cache")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_shipped_networks_are_listed_and_resolved():
+    assert set(available()) >= {BIRDS_CLASSIFIER, BIRDS_GENERATOR}
+    assert (resolve(BIRDS_CLASSIFIER) / "weights.safetensors").is_file()
+    with pytest.raises(FileNotFoundError, match="available: viscoin:birds/classifier"):
+        resolve("viscoin:birds/nothing")
+    with pytest.raises(FileNotFoundError):
+        resolve("viscoin:../../etc")
+
+
+@torch.no_grad()
+def test_shipped_classifier_reaches_its_accuracy(birds_root):
+    f = load_classifier(resolve(BIRDS_CLASSIFIER))
+    assert f.frozen and f.num_classes == 12
+    assert sum(p.numel() for p in f.parameters()) < 2_000_000           # a few MB
+    test = build_dataset(DataConfig(kind="synthetic", root=str(birds_root), resolution=64), "test")
+    assert len(test) == 1200
+    correct = 0
+    for start in range(0, len(test), 200):
+        items = [test[i] for i in range(start, min(start + 200, len(test)))]
+        x = torch.stack([it["image"] for it in items])
+        y = torch.tensor([it["label"] for it in items])
+        correct += int((f(x).argmax(1) == y).sum())
+    assert correct / len(test) >= CLASSIFIER_TEST_ACCURACY
+
+
+@torch.no_grad()
+def test_shipped_generator_samples_are_recognised_by_the_classifier():
+    G = load_generator(resolve(BIRDS_GENERATOR))
+    f = load_classifier(resolve(BIRDS_CLASSIFIER))
+    assert G.img_resolution == 64 and G.mapping.num_layers == 2
+    assert sum(p.numel() for p in G.parameters()) < 2_000_000
+    z = torch.randn(256, G.z_dim, generator=torch.Generator().manual_seed(0))
+    images = torch.cat([G(z[i:i + 64], None, truncation_psi=1.0, noise_mode="const") for i in range(0, 256, 64)])
+    assert images.shape == (256, 3, 64, 64)
+    probs = f(images.clamp(-1, 1)).softmax(dim=1)
+    confidence = probs.max(dim=1).values
+    assert confidence.mean() >= SAMPLE_CONFIDENCE
+    assert (confidence >= 0.9).float().mean() >= SAMPLE_CONFIDENT_SHARE
+    # G draws several classes (not yet all 12: see SAMPLE_CLASSES)
+    assert len(set(probs.argmax(dim=1).tolist())) >= SAMPLE_CLASSES
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_and_resumes(birds_root, tmp_path, capsys):
+    out = tmp_path / "demo"
+    argv = ["demo", "--out", str(out), f"data.root={birds_root}", "iterations=12", "model.num_concepts=8",
+            "run.ckpt_every=6", "sample_every=6", "--max-train", "240", "--n-faithfulness", "60",
+            "--consistency-samples", "8"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    for step in range(1, 6):
+        assert f"[{step}/5]" in printed
+    assert "Summary" in printed and str((out / "report" / "index.html").resolve()) in printed
+    result = json.loads((out / "evaluation.json").read_text())
+    assert result["dataset"] == "Synthetic birds" and result["num_concepts"] == 8
+    assert 0 <= result["accuracy"]["g"] <= 1 and result["accuracy"]["f"] == pytest.approx(1.0, abs=0.01)
+    assert result["reconstruction"]["fid_features"] and result["reconstruction"]["mse"] > 0
+    assert set(result["faithfulness"]["thresholds"]) == {"0.1", "0.2", "0.4"}
+    assert set(result["consistency"]["lambdas"]) == {"2.0", "4.0"}
+    gt = result["ground_truth"]
+    assert gt["alignment"]["class_defining"]["count"] == 11 and gt["alignment"]["all"]["count"] == 17
+    assert 0 <= gt["alignment"]["class_defining"]["captured"] <= 1
+    assert gt["probe"]["mean_class_defining"] >= 0.9                  # f's features carry the attributes
+    assert len(gt["visualisation"]["concepts"]) == 8
+    html = (out / "report" / "index.html").read_text()
+    assert "Ground truth" in html and "Synthetic birds" in html
+    info = json.loads((out / "viscoin" / "config.json").read_text())
+    assert info["source"]["classifier"]["path"] == BIRDS_CLASSIFIER      # recorded by name
+    # a second run reuses the finished model instead of training again
+    stamp = (out / "viscoin" / "weights.safetensors").stat().st_mtime_ns
+    assert main([*argv, "--n-faithfulness", "20"]) == 0
+    assert "reusing the trained model" in capsys.readouterr().out
+    assert (out / "viscoin" / "weights.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_demo_reports_a_bad_override(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "d"), "model.num_concepts=zero"]) == 2
+    assert "model.num_concepts" in capsys.readouterr().err
