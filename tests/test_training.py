@@ -58,7 +58,7 @@ def test_config_errors_name_file_and_key(tmp_path):
         parse_override("inner.lr")
     with pytest.raises(ConfigError, match="no such file"):
         load_config(Outer, tmp_path / "missing.yaml")
-    with pytest.raises(ConfigError, match="shipped: cars, celebahq, cub, tiny"):
+    with pytest.raises(ConfigError, match="shipped: birds, cars, celebahq, cub, tiny"):
         load_config(Outer, "nope", family="classifier")
 
 
