@@ -6,8 +6,8 @@
 Steps (each prints a line and shows a progress bar):
 
 1. draw (or reuse) the synthetic birds (`viscoin.data.synthetic`, cached in the user cache folder);
-2. load the shipped classifier f and generator G (``viscoin:birds/classifier``,
-   ``viscoin:birds/generator``, see `viscoin.pretrained`);
+2. find the shipped classifier f and generator G (``viscoin:birds/classifier``,
+   ``viscoin:birds/generator``, see `viscoin.pretrained`); training loads them;
 3. train Ψ, Θ, Ω with the shipped ``demo`` config (`viscoin.model.train`); a killed demo resumes
    from its last checkpoint when run again, a finished one is reused;
 4. evaluate with every metric (`viscoin.metrics.evaluate`): accuracy, reconstruction, faithfulness,
@@ -69,7 +69,8 @@ def run_demo(
     """Run the demo into `out`; returns the evaluation (also written to ``out/evaluation.json``)."""
     from viscoin.data import build_dataset
     from viscoin.metrics.evaluate import EvaluateConfig, evaluate_checkpoint, markdown_tables
-    from viscoin.model.train import VisCoINTrainConfig, load_frozen_networks, train_viscoin
+    from viscoin.model.train import VisCoINTrainConfig, train_viscoin
+    from viscoin.pretrained import resolve
     from viscoin.report.html import write_report
     from viscoin.training.config import load_config
     from viscoin.training.state import latest_checkpoint
@@ -80,16 +81,10 @@ def run_demo(
     cfg = load_config(VisCoINTrainConfig, config, [*overrides, f"run.out_dir={out.as_posix()}"], family="viscoin")
 
     _step(1, "the synthetic birds dataset (drawn once, then cached)")
-    train_set = build_dataset(cfg.data, "train")
-    build_dataset(cfg.data, "test")
-    print(f"      {train_set}")
+    print(f"      {build_dataset(cfg.data, 'train')}")  # draws both splits on first use
 
-    _step(2, f"the shipped networks: f = {cfg.classifier}, G = {cfg.generator}")
-    f, G = load_frozen_networks(cfg)
-    print(f"      f: {f.config.arch} width {f.config.width}, {sum(p.numel() for p in f.parameters()) / 1e6:.2f} M "
-          f"parameters; G: {G.img_resolution}x{G.img_resolution}, "
-          f"{sum(p.numel() for p in G.parameters()) / 1e6:.2f} M parameters")
-    del f, G
+    _step(2, f"the shipped networks: f = {cfg.classifier} ({resolve(cfg.classifier)}), "
+             f"G = {cfg.generator} ({resolve(cfg.generator)})")
 
     model_dir = out / "viscoin"
     done = (model_dir / "config.json").is_file() and not fresh
