@@ -8,7 +8,9 @@ import torch
 from viscoin.classifier.model import Classifier, ClassifierConfig
 from viscoin.model import LossConfig, VisCoIN, VisCoINConfig, load_viscoin, save_viscoin, viscoin_losses
 from viscoin.model.perceptual import build_perceptual
+from viscoin.model.train import training_losses
 from viscoin.stylegan import Generator, GeneratorConfig, MappingConfig, SynthesisConfig
+from viscoin.stylegan.generator import random_labels
 from viscoin.utils.io import CheckpointError
 
 
@@ -17,9 +19,9 @@ def tiny_f(num_classes: int = 3, seed: int = 0) -> Classifier:
     return Classifier(ClassifierConfig(arch="resnet18", num_classes=num_classes, pretrained="none"), load_pretrained=False)
 
 
-def tiny_G(res: int = 32, seed: int = 0) -> Generator:
+def tiny_G(res: int = 32, seed: int = 0, c_dim: int = 0) -> Generator:
     torch.manual_seed(seed)
-    G = Generator(GeneratorConfig(z_dim=16, w_dim=16, img_resolution=res, mapping=MappingConfig(num_layers=2),
+    G = Generator(GeneratorConfig(z_dim=16, w_dim=16, c_dim=c_dim, img_resolution=res, mapping=MappingConfig(num_layers=2),
                                   synthesis=SynthesisConfig(channel_base=8 * res, channel_max=16)))
     with torch.no_grad():
         G.mapping.w_avg.normal_()
@@ -178,3 +180,31 @@ def test_forward_and_losses_under_bf16_autocast():
     assert terms["total"].dtype == torch.float32 and torch.isfinite(terms["total"])
     terms["total"].backward()
     assert model.omega.layers[4].weight.grad.abs().sum() > 0
+
+
+def test_random_labels_are_uniform_one_hot_or_none():
+    assert random_labels(0, 5) is None
+    c = random_labels(4, 4000, generator=torch.Generator().manual_seed(0))
+    assert c.shape == (4000, 4) and c.dtype == torch.float32
+    assert torch.equal(c.sum(1), torch.ones(4000)) and set(c.unique().tolist()) == {0.0, 1.0}
+    share = c.mean(0)
+    assert torch.all((share > 0.22) & (share < 0.28)), share
+
+
+def test_synthetic_batch_of_a_conditional_generator():
+    """A class-conditional G (the shipped birds G) needs a class for each z of the synthetic batch."""
+    G = tiny_G(c_dim=3)
+    with pytest.raises(ValueError, match="conditional"):
+        G.map(torch.randn(2, 16))
+    model = VisCoIN(VisCoINConfig(num_concepts=4, adapter_channels=8), tiny_f(), G, resolution=32)
+    x_real = torch.rand(2, 3, 32, 32) * 2 - 1
+    x, out, losses = training_losses(model, model, x_real, 3, LossConfig(beta=0.0), None)
+    assert x.shape == (5, 3, 32, 32) and torch.equal(x[:2], x_real)
+    assert out["x_rec"].shape == (5, 3, 32, 32) and torch.isfinite(losses["total"])
+    torch.manual_seed(0)
+    z = torch.randn(3, 16)
+    with torch.no_grad():   # the drawn images are G(mapping(z, c)) for one-hot c
+        expected = model._synthesize(G.map(z, random_labels(3, 3), truncation_psi=1.0))
+    torch.manual_seed(0)
+    x, _, _ = training_losses(model, model, x_real, 3, LossConfig(beta=0.0), None)
+    assert torch.allclose(x[2:], expected, atol=1e-6)

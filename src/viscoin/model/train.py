@@ -5,9 +5,10 @@
     viscoin train --config cub ... --resume
 
 Each step: 8 real training images (random resized crop + flip) and 8 synthetic images
-G(mapping(z)), z ~ N(0, I), truncation 1, drawn without autograd; both go through the same path
-and losses. Adam on Ψ, Θ, Ω only (f and G are frozen but differentiated through). Optional late
-learning-rate decay: ×0.8 every 1000 steps after the halfway point (authors' code).
+G(mapping(z, c)), z ~ N(0, I), c a uniform class when G is conditional, truncation 1, drawn
+without autograd; both go through the same path and losses. Adam on Ψ, Θ, Ω only (f and G are
+frozen but differentiated through). Optional late learning-rate decay: ×0.8 every 1000 steps
+after the halfway point (authors' code).
 Outputs in ``run.out_dir``: ``config.yaml``, ``checkpoints/``, ``logs/``, ``samples/`` (input /
 reconstruction grids), ``viscoin/`` (the final model) and ``metrics.json``.
 """
@@ -24,6 +25,7 @@ from viscoin.data import DataConfig, build_dataset
 from viscoin.metrics.fidelity import evaluate_agreement
 from viscoin.model.losses import LossConfig, viscoin_losses
 from viscoin.model.viscoin import VisCoIN, VisCoINConfig, save_viscoin
+from viscoin.stylegan.generator import random_labels
 from viscoin.training.config import RunConfig
 from viscoin.training.runner import Runner
 from viscoin.utils.config import ConfigError, DictConfig
@@ -91,12 +93,14 @@ def training_losses(
     loss_cfg: LossConfig,
     perceptual: torch.nn.Module | None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """One step's batch (real + G(mapping(z)), z ~ N(0, I), truncation 1, no autograd), forward and losses."""
+    """One step's batch (real + G(mapping(z, c)), z ~ N(0, I), c uniform if G is conditional, truncation 1,
+    no autograd), forward and losses."""
     x = x_real
     if n_synthetic:
         with torch.no_grad():
             z = torch.randn(n_synthetic, raw.G.z_dim, device=x_real.device)
-            x_syn = raw._synthesize(raw.G.map(z, truncation_psi=1.0))
+            c = random_labels(raw.G.c_dim, n_synthetic, x_real.device)     # None unless G is conditional
+            x_syn = raw._synthesize(raw.G.map(z, c, truncation_psi=1.0))
         x = torch.cat([x, x_syn.to(x.dtype)])
     out = model(x)
     orth = raw.psi.orthogonality_loss() if loss_cfg.orthogonality else None

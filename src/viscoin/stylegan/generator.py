@@ -426,3 +426,20 @@ class Generator(nn.Module):
 def z_from_seed(seed: int, z_dim: int) -> torch.Tensor:
     """[1, z_dim] float32 latent of `seed`, drawn as NVIDIA's `generate.py` does (numpy RandomState)."""
     return torch.from_numpy(np.random.RandomState(seed).randn(1, z_dim)).to(torch.float32)
+
+
+def random_labels(
+    c_dim: int,                              # the generator's label size (0: unconditional)
+    n: int,                                  # number of labels
+    device: torch.device | str = "cpu",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor | None:
+    """[n, c_dim] one-hot labels of classes drawn uniformly, or None for an unconditional generator.
+
+    VisCoIN's synthetic batch (Eq. 1's G(z) term) draws z ~ N(0, I); a class-conditional G also
+    needs a class for each z, and every class is equally likely.
+    """
+    if c_dim == 0:
+        return None
+    classes = torch.randint(c_dim, (n,), generator=generator)
+    return torch.nn.functional.one_hot(classes, c_dim).to(device=device, dtype=torch.float32)
