@@ -436,8 +436,8 @@ def random_labels(
 ) -> torch.Tensor | None:
     """[n, c_dim] one-hot labels of classes drawn uniformly, or None for an unconditional generator.
 
-    VisCoIN's synthetic batch (Eq. 1's G(z) term) draws z ~ N(0, I); a class-conditional G also
-    needs a class for each z, and every class is equally likely.
+    VisCoIN's training batch (method.md, "Training") adds synthetic images G(mapping(z)),
+    z ~ N(0, I); a class-conditional G also needs a class for each z, every class equally likely.
     """
     if c_dim == 0:
         return None
