@@ -14,13 +14,13 @@ from torchvision.models.feature_extraction import create_feature_extractor
 from viscoin.classifier import (
     Classifier,
     ClassifierConfig,
-    imagenet_cache_path,
     load_classifier,
     load_imagenet_weights,
     save_classifier,
 )
 from viscoin.utils.checkpoint import save_checkpoint_folder
 from viscoin.utils.config import ConfigError
+from viscoin.utils.weights import imagenet_cache_path
 from viscoin.utils.io import CheckpointError
 
 R18_FILE = "resnet18-f37072fd.pth"  # torchvision's cache name of resnet18 IMAGENET1K_V1

@@ -444,7 +444,7 @@ def is_loopback(host: str) -> bool:
 def run_explore_command(args: argparse.Namespace) -> int:
     """Run `viscoin explore`: load the model and its data, serve the app until Ctrl-C."""
     from viscoin.apps.explorer import load_explorer
-    from viscoin.cli import resolve_device
+    from viscoin.utils.device import resolve_device
     from viscoin.interpret.cli import parse_lambdas
 
     check_options(args)

@@ -19,13 +19,7 @@ from viscoin.classifier.model import (
     resolve_tap,
     save_classifier,
 )
-from viscoin.classifier.pretrained import (
-    imagenet_cache_path,
-    imagenet_weights_file,
-    imagenet_weights_url,
-    load_imagenet_weights,
-    read_state_dict_file,
-)
+from viscoin.classifier.pretrained import load_imagenet_weights
 
 __all__ = [
     "ARCH_BLOCKS",
@@ -35,13 +29,9 @@ __all__ = [
     "LOGITS",
     "Classifier",
     "ClassifierConfig",
-    "imagenet_cache_path",
-    "imagenet_weights_file",
-    "imagenet_weights_url",
     "load_classifier",
     "load_imagenet_weights",
     "read_classifier_info",
-    "read_state_dict_file",
     "resolve_tap",
     "save_classifier",
 ]

@@ -110,7 +110,7 @@ def add_explain_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_explain_command(args: argparse.Namespace) -> int:
     """Run `viscoin explain`; prints the prediction and the concepts, writes the figure."""
-    from viscoin.cli import resolve_device
+    from viscoin.utils.device import resolve_device
 
     if args.top_k is not None and args.top_k < 1:
         raise ValueError(f"--top-k: expected >= 1, got {args.top_k}")

@@ -355,7 +355,7 @@ def config_from_args(args: argparse.Namespace) -> EvaluateConfig:
 
 def run_evaluate_command(args: argparse.Namespace) -> int:
     """``viscoin evaluate``: evaluate, write the JSON, print the Markdown tables. Returns the exit status."""
-    from viscoin.cli import resolve_device
+    from viscoin.utils.device import resolve_device
     from viscoin.utils.io import write_json
 
     cfg = config_from_args(args)

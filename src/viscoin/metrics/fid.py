@@ -122,7 +122,7 @@ class InceptionFeatures(FIDFeatures):
         except ImportError as exc:  # pragma: no cover - depends on the installation
             raise ImportError(f"FID with Inception features needs torchmetrics ({exc}): pip install "
                               "'torchmetrics[image]', or use --fid-features classifier") from exc
-        from viscoin.classifier.pretrained import read_state_dict_file
+        from viscoin.utils.weights import read_state_dict_file
 
         read_state_dict_file(file)  # weights_only check first: torch-fidelity itself unpickles freely
         self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],

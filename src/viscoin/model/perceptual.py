@@ -32,7 +32,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from viscoin.classifier.pretrained import imagenet_cache_path, imagenet_weights_url, read_state_dict_file
+from viscoin.utils.weights import imagenet_cache_path, imagenet_weights_url, read_state_dict_file
 from viscoin.utils.io import CheckpointError, copy_named_tensors
 
 VGG_ARCH = "vgg16"

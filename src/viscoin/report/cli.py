@@ -67,7 +67,7 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_report_command(args: argparse.Namespace) -> int:
     """Run `viscoin report`; prints where the report is."""
-    from viscoin.cli import resolve_device
+    from viscoin.utils.device import resolve_device
     from viscoin.interpret.cli import parse_lambdas
     from viscoin.report.html import write_report
 
