@@ -1,14 +1,27 @@
-"""Shared test helpers. Fixtures are repo copies of shared/fixtures (tests never read ../shared)."""
+"""Shared test helpers (`from conftest import ...`) and fixtures.
+
+Fixtures are repo copies of shared/fixtures (tests never read ../shared). The helpers build tiny,
+randomly initialised networks and generated data: an image folder of three shape classes, a tiny
+classifier f, a tiny StyleGAN2 G, a tiny VisCoIN and a saved VisCoIN checkpoint with its data.
+"""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
+
+from viscoin.classifier.model import Classifier, ClassifierConfig, save_classifier
+from viscoin.data import DataConfig
+from viscoin.model import VisCoIN, VisCoINConfig, save_viscoin
+from viscoin.stylegan import Generator, GeneratorConfig, MappingConfig, SynthesisConfig, save_network
 
 FIXTURES = Path(__file__).parent / "fixtures" / "stylegan2_ada"
 MOCK_G32 = FIXTURES / "mock_pkl" / "network-snapshot-g32-mock.pkl"
@@ -34,3 +47,98 @@ def fixture_order(name: str, file: str) -> list[str]:
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for a test (the CPU is shared; the models are tiny)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tiny data and networks
+
+
+CLASSES = ["a_red_square", "b_green_disc", "c_blue_bar"]  # the folders of `make_folder`, in label order
+
+
+def make_folder(root: Path, per_class: int = 16, size: int = 40) -> Path:
+    """Three classes that a tiny CNN separates: a red square, a green disc, a blue bar, at random places."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:size, :size]
+    for cls, colour in enumerate([(220, 30, 30), (30, 200, 30), (30, 30, 220)]):
+        folder = root / CLASSES[cls]
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            img = rng.integers(0, 60, (size, size, 3)).astype(np.uint8)
+            cy, cx = rng.integers(12, size - 12, 2)
+            if cls == 0:
+                mask = (abs(yy - cy) < 8) & (abs(xx - cx) < 8)
+            elif cls == 1:
+                mask = (yy - cy) ** 2 + (xx - cx) ** 2 < 64
+            else:
+                mask = (abs(yy - cy) < 3) & (abs(xx - cx) < 11)
+            img[mask] = colour
+            Image.fromarray(img).save(folder / f"{i:03d}.png")
+    return root
+
+
+def tiny_f(num_classes: int = 3, seed: int = 0) -> Classifier:
+    torch.manual_seed(seed)
+    return Classifier(ClassifierConfig(arch="resnet18", num_classes=num_classes, pretrained="none"), load_pretrained=False)
+
+
+def tiny_G(res: int = 32, seed: int = 0, c_dim: int = 0) -> Generator:
+    torch.manual_seed(seed)
+    G = Generator(GeneratorConfig(z_dim=16, w_dim=16, c_dim=c_dim, img_resolution=res, mapping=MappingConfig(num_layers=2),
+                                  synthesis=SynthesisConfig(channel_base=8 * res, channel_max=16)))
+    with torch.no_grad():
+        G.mapping.w_avg.normal_()
+    return G.eval()
+
+
+def tiny_model(res: int = 32, k: int = 4, use_support: bool = True, g_res: int | None = None) -> VisCoIN:
+    cfg = VisCoINConfig(num_concepts=k, adapter_channels=8, use_support=use_support)
+    return VisCoIN(cfg, tiny_f(), tiny_G(g_res or res), resolution=res)
+
+
+def active_model(k: int = 4) -> VisCoIN:
+    """A tiny VisCoIN (32x32) whose concepts are all active on every input (positive concept-conv biases)."""
+    model = VisCoIN(VisCoINConfig(num_concepts=k, adapter_channels=8), tiny_f(), tiny_G(32), resolution=32)
+    with torch.no_grad():
+        model.psi.concept_conv.bias.add_(torch.linspace(0.5, 1.5, k))
+    return model.eval()
+
+
+def save_tiny_setup(root: Path, per_class: int = 5) -> tuple[Path, Path]:
+    """A generated image folder and a saved tiny VisCoIN (with f and G saved beside it); returns (checkpoint, folder)."""
+    folder = make_folder(root / "shapes", per_class=per_class, size=40)
+    model = active_model()
+    save_classifier(model.f, root / "f")
+    save_network(model.G, root / "G")
+    data = DataConfig(kind="folder", root=str(folder), resolution=32)
+    ckpt = save_viscoin(model, root / "run" / "viscoin", root / "f", root / "G",
+                        extra={"data": data.to_dict(), "classes": CLASSES, "test": {"accuracy_g": 0.5, "count": 3}})
+    return ckpt, folder
+
+
+# ---------------------------------------------------------------------------------------------
+# Headless Chromium (browser tests)
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run"]
+
+
+def browser_unavailable() -> str | None:
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "playwright is not installed (pip install playwright)"
+    if not Path(CHROMIUM).exists() and shutil.which("chromium") is None:
+        return f"no Chromium at {CHROMIUM} (apt-get install chromium)"
+    return None

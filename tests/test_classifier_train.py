@@ -17,28 +17,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from conftest import make_folder
 from viscoin.cli import main
-
-
-def make_folder(root: Path, per_class: int = 16, size: int = 40) -> Path:
-    """Three classes that a tiny CNN separates: a red square, a green disc, a blue bar, at random places."""
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[:size, :size]
-    for cls, colour in enumerate([(220, 30, 30), (30, 200, 30), (30, 30, 220)]):
-        folder = root / f"class_{cls}"
-        folder.mkdir(parents=True)
-        for i in range(per_class):
-            img = rng.integers(0, 60, (size, size, 3)).astype(np.uint8)
-            cy, cx = rng.integers(12, size - 12, 2)
-            if cls == 0:
-                mask = (abs(yy - cy) < 8) & (abs(xx - cx) < 8)
-            elif cls == 1:
-                mask = (yy - cy) ** 2 + (xx - cx) ** 2 < 64
-            else:
-                mask = (abs(yy - cy) < 3) & (abs(xx - cx) < 11)
-            img[mask] = colour
-            Image.fromarray(img).save(folder / f"{i:03d}.png")
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,7 @@ import pytest
 import torch
 from PIL import Image
 
-from test_interpret import _one_thread, save_tiny_setup  # noqa: F401 (autouse: torch on one thread)
-from test_report import CHROMIUM, CHROMIUM_ARGS, browser_unavailable
+from conftest import CHROMIUM, CHROMIUM_ARGS, browser_unavailable, save_tiny_setup
 from viscoin.apps.explorer import (
     ConceptExplorer,
     UploadError,
@@ -37,7 +36,7 @@ from viscoin.interpret import ConceptExplainer
 MAX_UPLOAD_MB = 0.05          # small, so that an oversized upload is a small file
 
 # Gradio's queue statistics use pandas options that pandas 3 deprecates (not ours, harmless).
-pytestmark = [pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
               pytest.mark.filterwarnings("ignore:The copy keyword is deprecated")]
 
 
@@ -159,7 +158,7 @@ def test_concept_page(explorer):
     assert [c for c, _ in page.classes] == torch.argsort(g[:, 2], descending=True, stable=True)[:2].tolist()
     acts = [a for _, _, a in page.samples]
     assert len(acts) == 3 and acts == sorted(acts, reverse=True)
-    assert acts[0] == pytest.approx(float(explorer.activations().activations[:, 2].max()))
+    assert acts[0] == pytest.approx(float(explorer.model.pool(explorer.activations().phi)[:, 2].max()))
     for fig in (page.samples_figure, page.sweep_figure):
         assert fig.dtype == np.uint8 and fig.ndim == 3 and fig.shape[2] == 3
     without = explorer.concept_page(2, samples=3, sweeps=2, lambdas=(0.0, 1.0, 2.0))
@@ -191,7 +190,7 @@ def test_explore_command_errors(tmp_path, monkeypatch, capsys):
     assert run_explore(["data.root=/elsewhere"]) == 2                  # an override alone: still the default
     assert "run `viscoin demo` first" in capsys.readouterr().err
     assert run_explore([str(tmp_path / "nowhere")]) == 2
-    assert "not a viscoin.model checkpoint" in capsys.readouterr().err
+    assert "nowhere: no config.json" in capsys.readouterr().err
     assert run_explore(["--max-upload-mb", "0"]) == 2
     assert "--max-upload-mb: expected > 0" in capsys.readouterr().err
     assert run_explore(["--slots", "0"]) == 2
@@ -214,7 +213,7 @@ gradio_missing = pytest.mark.skipif(importlib.util.find_spec("gradio") is None,
 
 @pytest.fixture(scope="module")
 def app(explorer):
-    from viscoin.apps.explore import ExploreApp
+    from viscoin.apps.gradio_app import ExploreApp
 
     app = ExploreApp(explorer, slots=3, samples=3, sweeps=2, title="tiny random model")
     app.build()
@@ -286,7 +285,7 @@ def free_port() -> int:
 def test_explore_in_headless_chromium(setup, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
-    from viscoin.apps.explore import ExploreApp
+    from viscoin.apps.gradio_app import ExploreApp
 
     real = os.environ.get("VISCOIN_EXPLORE_CHECKPOINT")
     explorer = load_explorer(real or setup[0], gallery_size=8 if real else 4, max_upload_mb=MAX_UPLOAD_MB)

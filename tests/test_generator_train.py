@@ -4,7 +4,6 @@ and fine-tuning from the mock official pickle and from our own runs."""
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
@@ -23,6 +22,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from conftest import MOCK_COND16, MOCK_G32
+from viscoin.cli import build_parser
+from viscoin.cli.generator import cmd_generator_train
 from viscoin.data import DataConfig, build_dataset
 from viscoin.stylegan.checkpoint import import_official, load_network
 from viscoin.stylegan.generator import Generator
@@ -31,15 +32,13 @@ from viscoin.stylegan.train import (
     GanImages,
     GeneratorTrainConfig,
     MixingGenerator,
-    OptimConfig,
-    add_train_arguments,
+    GanOptimConfig,
     auto_settings,
     ema_beta,
     lazy_adam,
     path_length_penalty,
     r1_penalty,
     resolve_config,
-    run_train_command,
     train_generator,
     update_ema,
 )
@@ -83,13 +82,7 @@ def make_teacher_images(root: Path, n: int, seed: int = 1234) -> Path:
     return root
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks gain nothing from intra-op threads, and a busy machine makes them crawl."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # torch on one thread: the CPU is shared
 
 
 @pytest.fixture(scope="module")
@@ -114,27 +107,9 @@ def nn_distance(fakes: np.ndarray, reals: np.ndarray) -> float:
     return float(np.sqrt(d.min(axis=1)).mean())
 
 
-def _cli_has_generator_train() -> bool:
-    from viscoin.cli import build_parser
-
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        try:
-            build_parser().parse_args(["generator", "train", "--help"])
-        except SystemExit as exc:
-            return exc.code == 0
-    return False
-
-
 def train_cmd(tmp_path: Path, *args: str) -> list[str]:
-    """`viscoin generator train ARGS` (through our entry points until the CLI has the subcommand)."""
-    if _cli_has_generator_train():
-        return [sys.executable, "-m", "viscoin", "generator", "train", *args]
-    script = tmp_path / "generator_train.py"
-    script.write_text("import argparse, sys\n"
-                      "from viscoin.stylegan.train import add_train_arguments, run_train_command\n"
-                      "p = argparse.ArgumentParser()\nadd_train_arguments(p)\n"
-                      "sys.exit(run_train_command(p.parse_args(sys.argv[1:])))\n")
-    return [sys.executable, str(script), *args]
+    """`viscoin generator train ARGS` in a new process."""
+    return [sys.executable, "-m", "viscoin", "generator", "train", *args]
 
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -194,8 +169,8 @@ def test_shipped_configs_load():
 
 
 def test_lazy_regularisation_adam_settings():
-    G_opt = lazy_adam([torch.nn.Parameter(torch.zeros(1))], OptimConfig(lr=0.0025), reg_interval=4)
-    D_opt = lazy_adam([torch.nn.Parameter(torch.zeros(1))], OptimConfig(lr=0.0025), reg_interval=16)
+    G_opt = lazy_adam([torch.nn.Parameter(torch.zeros(1))], GanOptimConfig(lr=0.0025), reg_interval=4)
+    D_opt = lazy_adam([torch.nn.Parameter(torch.zeros(1))], GanOptimConfig(lr=0.0025), reg_interval=16)
     g, d = G_opt.param_groups[0], D_opt.param_groups[0]
     assert g["lr"] == pytest.approx(0.002) and g["betas"] == (0.0, pytest.approx(0.99199197, abs=1e-8))
     assert d["lr"] == pytest.approx(0.00235294, abs=1e-8) and d["betas"] == (0.0, pytest.approx(0.99058546, abs=1e-8))
@@ -428,11 +403,10 @@ def test_conditional_fine_tuning_without_augmentation_pipe(tmp_path):
 
 
 def test_command_line_arguments(shapes, tmp_path, capsys):
-    parser = argparse.ArgumentParser()
-    add_train_arguments(parser)
-    args = parser.parse_args(["--config", "tiny", "--data", str(shapes), f"run.out_dir={tmp_path / 'r'}",
+    parser = build_parser()
+    args = parser.parse_args(["generator", "train", "--config", "tiny", "--data", str(shapes), f"run.out_dir={tmp_path / 'r'}",
                               "run.progress=false", "kimg=0.016", "fid.every_kimg=1"])
-    assert run_train_command(args) == 0
+    assert cmd_generator_train(args) == 0
     saved = (tmp_path / "r" / "config.yaml").read_text()
     assert f"root: {shapes}" in saved and "cfg_preset: none" in saved
     printed = capsys.readouterr().out
@@ -441,9 +415,9 @@ def test_command_line_arguments(shapes, tmp_path, capsys):
     except ImportError:
         assert "notice: FID skipped" in printed
     with pytest.raises(ConfigError, match="augment.mode"):
-        run_train_command(parser.parse_args(["--config", "tiny", "--data", str(shapes), "augment.mode=sometimes"]))
+        cmd_generator_train(parser.parse_args(["generator", "train", "--config", "tiny", "--data", str(shapes), "augment.mode=sometimes"]))
     with pytest.raises(FileNotFoundError, match="--resume: no checkpoint"):
-        run_train_command(parser.parse_args(["--config", "tiny", "--data", str(shapes),
+        cmd_generator_train(parser.parse_args(["generator", "train", "--config", "tiny", "--data", str(shapes),
                                              f"run.out_dir={tmp_path / 'none'}", "--resume"]))
 
 

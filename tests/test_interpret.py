@@ -11,53 +11,23 @@ import pytest
 import torch
 from PIL import Image
 
-from test_classifier_train import make_folder
-from test_viscoin import tiny_f, tiny_G
+from conftest import CLASSES, active_model, make_folder, save_tiny_setup, tiny_f, tiny_G
 from viscoin.classifier.model import save_classifier
 from viscoin.data import DataConfig
 from viscoin.interpret import (
-    ConceptActivations,
     ConceptExplainer,
     difference,
     difference_energy,
     reverse_difference,
-    select_concepts,
 )
-from viscoin.interpret.cli import add_explain_arguments, run_explain_command
+from viscoin.cli.explain import add_explain_arguments, run_explain_command
 from viscoin.interpret.plot import cell_size_for
-from viscoin.metrics.relevance import local_relevance
+from viscoin.model.passes import Encoded
+from viscoin.model.relevance import select_concepts
 from viscoin.model import VisCoIN, VisCoINConfig, save_viscoin
 from viscoin.stylegan import save_network
 
-CLASSES = ["red square", "green disc", "blue bar"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the CPU is shared; these models are tiny
-    yield
-    torch.set_num_threads(threads)
-
-
-def active_model(k: int = 4) -> VisCoIN:
-    """A tiny VisCoIN (32x32) whose concepts are all active on every input (positive concept-conv biases)."""
-    model = VisCoIN(VisCoINConfig(num_concepts=k, adapter_channels=8), tiny_f(), tiny_G(32), resolution=32)
-    with torch.no_grad():
-        model.psi.concept_conv.bias.add_(torch.linspace(0.5, 1.5, k))
-    return model.eval()
-
-
-def save_tiny_setup(root: Path, per_class: int = 5) -> tuple[Path, Path]:
-    """A generated image folder and a saved tiny VisCoIN (with f and G saved beside it); returns (checkpoint, folder)."""
-    folder = make_folder(root / "shapes", per_class=per_class, size=40)
-    model = active_model()
-    save_classifier(model.f, root / "f")
-    save_network(model.G, root / "G")
-    data = DataConfig(kind="folder", root=str(folder), resolution=32)
-    ckpt = save_viscoin(model, root / "run" / "viscoin", root / "f", root / "G",
-                        extra={"data": data.to_dict(), "classes": CLASSES, "test": {"accuracy_g": 0.5, "count": 3}})
-    return ckpt, folder
+pytestmark = pytest.mark.usefixtures("one_thread")  # torch on one thread: the CPU is shared
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,7 +52,7 @@ def hand_built() -> tuple[VisCoIN, torch.Tensor]:
 def test_local_relevance_on_a_hand_built_theta():
     model, phi = hand_built()
     assert torch.equal(model.theta.pool(phi), phi.amax(dim=(2, 3)))
-    r = local_relevance(model, phi=phi)
+    r = model.relevance(phi)
     # r_{j,x} = a_j W_{j,ĉ} / max_l |a_l W_{l,ĉ}|: sample 0 -> (0, 1, 2, 0) / 2; sample 1 -> (2, -1, 0, 0.5) / 2
     expected = torch.tensor([[0.0, 0.5, 1.0, 0.0], [1.0, -0.5, 0.0, 0.25]])
     assert torch.allclose(r, expected, atol=1e-6)
@@ -97,10 +67,10 @@ def test_local_relevance_on_a_hand_built_theta():
 def test_global_relevance_and_class_top_concepts():
     model, phi = hand_built()
     explainer = ConceptExplainer(model)
-    rel = local_relevance(model, phi=phi)
+    rel = model.relevance(phi)
     # three samples: the two above with true labels 2 and 2, and the first again with label 0
-    rel3 = torch.cat([rel, rel[:1]])
-    acts = ConceptActivations(torch.zeros(3, 4), torch.tensor([2, 2, 0]), torch.arange(3), rel3, torch.zeros(3))
+    phi3 = torch.cat([phi, phi[:1]])
+    acts = Encoded(torch.arange(3), torch.tensor([2, 2, 0]), phi3, None, model.predict_from(phi3))
     g = explainer.global_relevance(acts)
     assert g.shape == (3, 4)
     assert torch.allclose(g[2], (rel[0] + rel[1]) / 2) and torch.allclose(g[0], rel[0])
@@ -135,7 +105,7 @@ def test_top_concepts_of_images_match_local_relevance():
 def test_most_activating_on_hand_set_activations():
     a = torch.tensor([[0.1, 5.0], [0.9, 1.0], [0.5, 2.0], [0.9, 0.0], [0.3, 3.0]])
     labels = torch.tensor([0, 1, 0, 1, 2])
-    acts = ConceptActivations(a, labels, torch.tensor([10, 11, 12, 13, 14]), torch.zeros(5, 2), labels)
+    acts = Encoded(torch.tensor([10, 11, 12, 13, 14]), labels, a[:, :, None, None], None, torch.zeros(5, 3))
     explainer = ConceptExplainer(active_model())
     top = explainer.most_activating(acts, concept=0, k=3)
     assert top["indices"].tolist() == [11, 13, 12]           # tie 0.9/0.9: dataset order
@@ -157,10 +127,11 @@ def test_most_activating_on_a_dataset_is_one_cached_pass(tmp_path):
     acts = explainer.activations(data)
     assert explainer.activations(data) is acts                 # cached
     x = torch.stack([data[i]["image"] for i in range(len(data))])
-    assert torch.allclose(acts.activations, explainer.pooled(x), atol=1e-5)
+    pooled = model.pool(acts.phi)
+    assert torch.allclose(pooled, explainer.pooled(x), atol=1e-5)
     assert acts.indices.tolist() == list(range(len(data)))
     top = explainer.most_activating(data, 1, k=2)
-    assert top["indices"].tolist() == torch.argsort(acts.activations[:, 1], descending=True)[:2].tolist()
+    assert top["indices"].tolist() == torch.argsort(pooled[:, 1], descending=True)[:2].tolist()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,7 +196,7 @@ def explain_args(*argv: str) -> argparse.Namespace:
 
 def test_explain_writes_a_readable_figure(tmp_path, capsys):
     ckpt, folder = save_tiny_setup(tmp_path)
-    image = folder / "class_1" / "000.png"
+    image = folder / CLASSES[1] / "000.png"
     out = tmp_path / "fig.png"
     assert run_explain_command(explain_args(str(ckpt), str(image), "--out", str(out), "--top-k", "3",
                                             "--threshold", "-1", "--device", "cpu")) == 0

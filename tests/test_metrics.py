@@ -9,33 +9,23 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
-from test_classifier_train import make_folder
-from test_viscoin import tiny_model
+from conftest import make_folder, tiny_model
 
 from viscoin.classifier.model import save_classifier
-from viscoin.metrics import global_relevance, global_relevance_from, local_relevance, predicted_class
-from viscoin.metrics.common import Encoded, encode_dataset
-from viscoin.metrics.consistency import consistency, layer_features, relevant_classes
-from viscoin.metrics.evaluate import (
-    EvaluateConfig,
-    add_evaluate_arguments,
-    evaluate_checkpoint,
-    markdown_tables,
-    run_evaluate_command,
-)
+from viscoin.interpret import ConceptExplainer
+from viscoin.model.passes import Encoded, encode_dataset
+from viscoin.model.relevance import global_relevance
+from viscoin.metrics.consistency import FEATURE_LAYER, consistency, relevant_classes
+from viscoin.cli.evaluate import add_evaluate_arguments, run_evaluate_command
+from viscoin.metrics.evaluate import EvaluateConfig, evaluate_checkpoint, markdown_tables
 from viscoin.metrics.faithfulness import faithfulness, random_masks
-from viscoin.metrics.fid import ClassifierFeatures, FIDFeatures, InceptionFeatures, fid_from_features
+from viscoin.utils.fid import ClassifierFeatures, FIDFeatures, InceptionFeatures, fid_from_features
 from viscoin.metrics.fidelity import fidelity_pass
 from viscoin.model import save_viscoin
 from viscoin.stylegan.checkpoint import save_network
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # torch on one thread: the CPU is shared
 
 
 def set_theta(model, weight: list[list[float]]) -> None:
@@ -54,22 +44,20 @@ def test_local_relevance_matches_the_formula():
     phi[0, 0, 1, 1], phi[0, 1, 0, 0] = 1.0, 1.0           # class 0: contributions 2, −1
     phi[1, 3, 2, 2], phi[1, 1, 0, 0] = 3.0, 0.5           # class 2: contribution 3 (concept 1 adds 0)
     # sample 2: all zero -> every contribution 0 -> relevance 0
-    assert predicted_class(model, phi=phi)[:2].tolist() == [0, 2]
-    r = local_relevance(model, phi=phi)
+    assert model.predict_from(phi)[:2].argmax(1).tolist() == [0, 2]
+    r = model.relevance(phi)
     expected = torch.tensor([[1.0, -0.5, 0, 0], [0, 0, 0, 1.0], [0, 0, 0, 0]])
     torch.testing.assert_close(r, expected)
     # w.r.t. a given class: class 1 for sample 0 -> only concept 1 contributes
-    torch.testing.assert_close(local_relevance(model, phi=phi[:1], classes=torch.tensor([1])),
-                               torch.tensor([[0.0, 1.0, 0, 0]]))
-    with pytest.raises(ValueError, match="exactly one of x"):
-        local_relevance(model)
+    torch.testing.assert_close(model.relevance(phi[:1], classes=torch.tensor([1])), torch.tensor([[0.0, 1.0, 0, 0]]))
+    # the explainer's relevance of images is the model's relevance of their concept maps
     x = torch.rand(2, 3, 32, 32) * 2 - 1
-    torch.testing.assert_close(local_relevance(model, x=x), local_relevance(model, phi=model.concepts(x)[0]))
+    torch.testing.assert_close(ConceptExplainer(model).local_relevance(x), model.relevance(model.encode(x).phi))
 
 
 def test_global_relevance_averages_over_true_labels():
     r = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]])
-    g = global_relevance_from(r, torch.tensor([0, 0, 2]), num_classes=3)
+    g = global_relevance(r, torch.tensor([0, 0, 2]), num_classes=3)
     torch.testing.assert_close(g, torch.tensor([[0.5, 0.5], [0.0, 0.0], [0.5, 0.5]]))
 
 
@@ -87,8 +75,8 @@ class ListDataset:
 def test_global_relevance_over_a_dataset_equals_per_sample_mean():
     model = tiny_model(k=4).eval()
     ds = ListDataset(torch.rand(5, 3, 32, 32) * 2 - 1, torch.tensor([0, 1, 0, 2, 1]))
-    g = global_relevance(model, ds, batch_size=2)
-    r = local_relevance(model, x=ds.x)
+    g = ConceptExplainer(model, batch_size=2).global_relevance(ds)
+    r = model.relevance(model.encode(ds.x).phi)
     assert g.shape == (3, 4)
     torch.testing.assert_close(g[0], r[[0, 2]].mean(0))
     torch.testing.assert_close(g[2], r[3])
@@ -123,7 +111,7 @@ def crafted_encoding(model, n: int, seed: int) -> Encoded:
 
 def point_f_at_concept_zero(model, enc: Encoded) -> None:
     """Set f's head so that class 0's logit grows along the feature shift concept 0 causes (others 0)."""
-    feats = ClassifierFeatures(model.f)
+    feats = ClassifierFeatures(model.classifier_embedding)
     phi_off = enc.phi.clone()
     phi_off[:, 0] = 0
     with torch.no_grad():
@@ -182,7 +170,7 @@ def test_relevant_classes_fall_back_to_top1_and_layer_features_shape():
     assert relevant_classes(g, 0).tolist() == [0, 1]
     assert relevant_classes(g, 1).tolist() == [1]
     model = tiny_model()
-    assert layer_features(model.f, torch.zeros(2, 3, 32, 32)).shape == (2, 128)  # resnet18 layer2
+    assert model.classifier_stage(torch.zeros(2, 3, 32, 32), FEATURE_LAYER).shape == (2, 128, 4, 4)  # resnet18 layer2
 
 
 # -------------------------------------------------------------------- FID

@@ -13,13 +13,8 @@ from urllib.parse import unquote, urlparse
 import pytest
 import torch
 
-from test_interpret import CLASSES, save_tiny_setup
-from viscoin.report.cli import add_report_arguments, run_report_command
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run"]
-
+from conftest import CHROMIUM, CHROMIUM_ARGS, CLASSES, browser_unavailable, save_tiny_setup
+from viscoin.cli.report import add_report_arguments, run_report_command
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
@@ -99,16 +94,6 @@ def test_report_without_metrics_says_how_to_add_them(report, tmp_path):
         run_report([str(ckpt), "data.root=" + str(tmp_path / "nowhere"), "--out", str(out), "--device", "cpu"])
     with pytest.raises(ValueError, match="either --metrics"):
         run_report([str(ckpt), "--metrics", "m.json", "--evaluate"])
-
-
-def browser_unavailable() -> str | None:
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "playwright is not installed (pip install playwright)"
-    if not Path(CHROMIUM).exists() and shutil.which("chromium") is None:
-        return f"no Chromium at {CHROMIUM} (apt-get install chromium)"
-    return None
 
 
 @pytest.mark.skipif(browser_unavailable() is not None, reason=str(browser_unavailable()))

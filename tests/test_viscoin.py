@@ -5,32 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from viscoin.classifier.model import Classifier, ClassifierConfig
+from conftest import tiny_f, tiny_G, tiny_model
 from viscoin.model import LossConfig, VisCoIN, VisCoINConfig, load_viscoin, save_viscoin, viscoin_losses
 from viscoin.model.perceptual import build_perceptual
 from viscoin.model.train import training_losses
 from viscoin.stylegan import Generator, GeneratorConfig, MappingConfig, SynthesisConfig
 from viscoin.stylegan.generator import random_labels
 from viscoin.utils.io import CheckpointError
-
-
-def tiny_f(num_classes: int = 3, seed: int = 0) -> Classifier:
-    torch.manual_seed(seed)
-    return Classifier(ClassifierConfig(arch="resnet18", num_classes=num_classes, pretrained="none"), load_pretrained=False)
-
-
-def tiny_G(res: int = 32, seed: int = 0, c_dim: int = 0) -> Generator:
-    torch.manual_seed(seed)
-    G = Generator(GeneratorConfig(z_dim=16, w_dim=16, c_dim=c_dim, img_resolution=res, mapping=MappingConfig(num_layers=2),
-                                  synthesis=SynthesisConfig(channel_base=8 * res, channel_max=16)))
-    with torch.no_grad():
-        G.mapping.w_avg.normal_()
-    return G.eval()
-
-
-def tiny_model(res: int = 32, k: int = 4, use_support: bool = True, g_res: int | None = None) -> VisCoIN:
-    cfg = VisCoINConfig(num_concepts=k, adapter_channels=8, use_support=use_support)
-    return VisCoIN(cfg, tiny_f(), tiny_G(g_res or res), resolution=res)
 
 
 @pytest.mark.parametrize("res, k, g_res", [(32, 4, 32), (64, 8, 64), (64, 3, 32)])
@@ -45,7 +26,7 @@ def test_shapes(res, k, g_res):
     assert ws.shape == (2, model.G.num_ws, 16)
     assert model.reconstruct(x).shape == (2, 3, res, res)  # G's output resized to f's resolution when they differ
     out = model(x)
-    assert out["x_rec"].shape == (2, 3, res, res) and out["logits_g"].shape == (2, 3)
+    assert out.x_rec.shape == (2, 3, res, res) and out.logits_g.shape == (2, 3)
 
 
 def test_shape_checks_name_the_input():
@@ -121,13 +102,13 @@ def test_loss_terms_match_hand_computation():
     out = model(x)
     cfg = LossConfig(alpha=0.5, beta=0.0, gamma=0.1, delta=0.2)
     t = viscoin_losses(out, x, cfg, None, model.psi.orthogonality_loss())
-    p_f = out["feats"]["logits"].softmax(1)
-    assert torch.allclose(t["output_fidelity"], 0.5 * -(p_f * out["logits_g"].log_softmax(1)).sum(1).mean())
-    assert torch.allclose(t["rec_l2"], ((x - out["x_rec"]) ** 2).mean())
-    assert torch.allclose(t["rec_l1"], (x - out["x_rec"]).abs().mean())
-    assert torch.allclose(t["rec_classification"], 0.1 * -(p_f * out["feats_rec"]["logits"].log_softmax(1)).sum(1).mean())
-    assert torch.allclose(t["sparsity"], 0.2 * out["phi"].abs().mean())
-    assert torch.allclose(t["latent"], out["offsets"].pow(2).mean())
+    p_f = out.feats["logits"].softmax(1)
+    assert torch.allclose(t["output_fidelity"], 0.5 * -(p_f * out.logits_g.log_softmax(1)).sum(1).mean())
+    assert torch.allclose(t["rec_l2"], ((x - out.x_rec) ** 2).mean())
+    assert torch.allclose(t["rec_l1"], (x - out.x_rec).abs().mean())
+    assert torch.allclose(t["rec_classification"], 0.1 * -(p_f * out.feats_rec["logits"].log_softmax(1)).sum(1).mean())
+    assert torch.allclose(t["sparsity"], 0.2 * out.phi.abs().mean())
+    assert torch.allclose(t["latent"], out.offsets.pow(2).mean())
     v = torch.nn.functional.normalize(model.psi.concept_conv.weight.flatten(1).t(), dim=0)
     assert torch.allclose(t["orthogonality"], ((v.t() @ v - torch.eye(4)) ** 2).sum())
     assert torch.allclose(t["total"], sum(v for k, v in t.items() if k != "total"))
@@ -200,11 +181,11 @@ def test_synthetic_batch_of_a_conditional_generator():
     x_real = torch.rand(2, 3, 32, 32) * 2 - 1
     x, out, losses = training_losses(model, model, x_real, 3, LossConfig(beta=0.0), None)
     assert x.shape == (5, 3, 32, 32) and torch.equal(x[:2], x_real)
-    assert out["x_rec"].shape == (5, 3, 32, 32) and torch.isfinite(losses["total"])
+    assert out.x_rec.shape == (5, 3, 32, 32) and torch.isfinite(losses["total"])
     torch.manual_seed(0)
     z = torch.randn(3, 16)
     with torch.no_grad():   # the drawn images are G(mapping(z, c)) for one-hot c
-        expected = model._synthesize(G.map(z, random_labels(3, 3), truncation_psi=1.0))
+        expected = model.synthesize(G.map(z, random_labels(3, 3), truncation_psi=1.0))
     torch.manual_seed(0)
     x, _, _ = training_losses(model, model, x_real, 3, LossConfig(beta=0.0), None)
     assert torch.allclose(x[2:], expected, atol=1e-6)

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from test_classifier_train import make_folder
+from conftest import make_folder
 from viscoin.cli import main
 from viscoin.model import load_viscoin
 from viscoin.stylegan import Generator, GeneratorConfig, MappingConfig, SynthesisConfig, save_network

@@ -32,8 +32,19 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from viscoin.interpret.concepts import DEFAULT_LAMBDAS, ConceptActivations, ConceptExplainer, difference
-from viscoin.model.viscoin import VisCoIN
+from viscoin.interpret.explain import load_input_image
+from viscoin.interpret.explainer import DEFAULT_LAMBDAS, ConceptExplainer, difference
+from viscoin.interpret.plot import (
+    Row,
+    cell_size_for,
+    concept_effect_cells,
+    effect_column_labels,
+    labelled_grid,
+    samples_figure,
+)
+from viscoin.model.contract import ConceptModel
+from viscoin.model.loading import load_trained
+from viscoin.model.passes import Encoded
 
 DEFAULT_MAX_UPLOAD_MB = 10.0          # `--max-upload-mb`
 MAX_UPLOAD_PIXELS = 40_000_000        # width x height of an upload, checked before decoding it
@@ -152,7 +163,7 @@ def check_upload(path: str | os.PathLike, max_bytes: int, name: str | None = Non
 
 
 class ConceptExplorer:
-    """Interactive concept editing on a VisCoIN model (see the module docstring).
+    """Interactive concept editing on a concept model (see the module docstring).
 
     `test_set` feeds the gallery, `train_set` the concept pages (global relevance and most
     activating samples, as in the paper); either may be None. Thread-safe: an app may call it
@@ -161,7 +172,7 @@ class ConceptExplorer:
 
     def __init__(
         self,
-        model: VisCoIN,
+        model: ConceptModel,
         class_names: Sequence[str],
         test_set: Dataset | None = None,        # items: dicts with "image" and "label" (augment=False)
         train_set: Dataset | None = None,
@@ -183,12 +194,12 @@ class ConceptExplorer:
         self.explainer = ConceptExplainer(model, batch_size=batch_size)
         self.gallery_indices = spread_indices(len(test_set), gallery_size) if test_set is not None else []
         self._lock = threading.Lock()
-        self._acts: ConceptActivations | None = None
+        self._acts: Encoded | None = None
         self._global: torch.Tensor | None = None
 
     @property
     def num_concepts(self) -> int:
-        return self.model.config.num_concepts
+        return self.model.num_concepts
 
     @property
     def resolution(self) -> int:
@@ -219,8 +230,6 @@ class ConceptExplorer:
     def select_upload(self, path: str | os.PathLike, name: str | None = None) -> Selection:
         """Select an uploaded file; `UploadError` (shown in the page) for a file that is too large or
         not an image. It is resized and center-cropped as the test split is (`viscoin explain` does the same)."""
-        from viscoin.interpret.cli import load_input_image
-
         name = name or Path(path).name
         check_upload(path, self.max_upload_bytes, name)
         try:
@@ -232,19 +241,17 @@ class ConceptExplorer:
     @torch.no_grad()
     def select(self, x: torch.Tensor, source: str, label: int | None = None) -> Selection:
         """Encode one image [3, R, R] in [-1, 1]: everything the page shows and a slider needs."""
-        from viscoin.metrics.common import f_probabilities
-
         r = self.resolution
         if x.shape != (3, r, r):
             raise ValueError(f"image: expected [3, {r}, {r}] in [-1, 1], got {list(x.shape)}")
         x = x.detach().float().cpu()
         batch = x.unsqueeze(0).to(self.device)
-        phi, support = self.model.concepts(batch)
+        enc = self.model.encode(batch)
         top = self.explainer.top_concepts(batch)[0]                     # every concept, by r_{j,x}
         return Selection(
-            source=source, image=x, phi=phi, support=support,
-            reconstruction=self.model.generate(phi, support)[0].cpu(),
-            g_probabilities=top["probabilities"], f_probabilities=f_probabilities(self.model, batch)[0].cpu(),
+            source=source, image=x, phi=enc.phi, support=enc.support,
+            reconstruction=self.model.decode(enc.phi, enc.support)[0].cpu(),
+            g_probabilities=top["probabilities"], f_probabilities=enc.logits_f.float().softmax(dim=1)[0].cpu(),
             concepts=top["concepts"], relevance=top["relevance"], activations=top["activations"], label=label,
         )
 
@@ -263,12 +270,12 @@ class ConceptExplorer:
         else:
             with torch.inference_mode():
                 phi = selection.phi * factors.to(selection.phi).view(1, -1, 1, 1)
-                image = self.model.generate(phi, selection.support)[0].cpu()
+                image = self.model.decode(phi, selection.support)[0].cpu()
         return Edit(image=image, difference=difference(image, selection.reconstruction), factors=changed)
 
     # -- concept pages ----------------------------------------------------------------------------
-    def activations(self) -> ConceptActivations:
-        """Pooled activations and local relevance of the whole training split (one pass, then cached)."""
+    def activations(self) -> Encoded:
+        """One pass over the whole training split (`ConceptExplainer.activations`, then cached)."""
         if self.train_set is None:
             raise ValueError("no training split is loaded, so there are no concept pages "
                              "(give data.root=FOLDER if the data moved)")
@@ -295,15 +302,6 @@ class ConceptExplorer:
     ) -> ConceptPage:
         """Concept j: the classes it is most relevant for, its most activating training samples,
         and its λ sweep (with difference images, paper appendix E) on several images."""
-        from viscoin.interpret.plot import (
-            Row,
-            cell_size_for,
-            concept_effect_cells,
-            effect_column_labels,
-            labelled_grid,
-            samples_figure,
-        )
-
         k = self.num_concepts
         if not 0 <= concept < k:
             raise ValueError(f"concept: expected in [0, {k}), got {concept}")
@@ -338,26 +336,11 @@ class ConceptExplorer:
 
 
 def load_explorer(
-    checkpoint: str | os.PathLike,               # VisCoIN folder (RUN/viscoin, viscoin-demo/viscoin)
+    checkpoint: str | os.PathLike,               # concept-model folder (RUN/viscoin, viscoin-demo/viscoin)
     data_overrides: Sequence[str] = (),          # data.KEY=VALUE changes to the saved data config
     device: str | torch.device = "cpu",
     **kwargs: Any,                               # ConceptExplorer's options
 ) -> ConceptExplorer:
-    """A `ConceptExplorer` on a saved VisCoIN and the test and training splits it was trained on."""
-    from viscoin.data import build_dataset
-    from viscoin.interpret.cli import class_names
-    from viscoin.metrics.evaluate import checkpoint_data_config
-    from viscoin.model.viscoin import load_viscoin, read_viscoin_info
-    from viscoin.utils.config import ConfigError
-
-    info = read_viscoin_info(checkpoint)
-    data_cfg = checkpoint_data_config(checkpoint, data_overrides)
-    model = load_viscoin(checkpoint, device=device)
-    if data_cfg.resolution != model.resolution:
-        raise ConfigError(f"data.resolution={data_cfg.resolution} but the model takes "
-                          f"{model.resolution}x{model.resolution}")
-    test_set = build_dataset(data_cfg, "test", augment=False)
-    train_set = build_dataset(data_cfg, "train", augment=False)
-    if test_set.num_classes != model.num_classes:
-        raise ConfigError(f"the model has {model.num_classes} classes but {data_cfg.root} has {test_set.num_classes}")
-    return ConceptExplorer(model, class_names(info, model.num_classes), test_set, train_set, **kwargs)
+    """A `ConceptExplorer` on a saved concept model and the test and training splits it was trained on."""
+    trained = load_trained(checkpoint, data_overrides, device)
+    return ConceptExplorer(trained.model, trained.classes, trained.dataset("test"), trained.dataset("train"), **kwargs)

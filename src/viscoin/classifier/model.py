@@ -32,8 +32,10 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
+from viscoin.classifier.pretrained import load_imagenet_weights
 from viscoin.utils.checkpoint import (
     WEIGHTS_NAME,
+    check_module_size,
     load_checkpoint_tensors,
     read_checkpoint_folder_info,
     save_checkpoint_folder,
@@ -64,8 +66,13 @@ ARCH_RELEASES: dict[str, tuple[str, ...]] = {
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+MAX_CLASSES = 100_000  # classifier.num_classes (ImageNet-21k has 21,843)
+MAX_WIDTH = 1024      # classifier.width (torchvision's ResNets: 64)
+
 _TAP_RE = re.compile(r"^layer([1-4])(?:\.(-?\d+))?$")
 LOGITS = "logits"  # key of the logits in `Classifier.features`
+EMBEDDING = "embedding"  # the pooled input of the head (`Classifier.embedding`)
+STAGES = ("layer1", "layer2", "layer3", "layer4")  # `Classifier.stage_output`
 
 
 def resolve_tap(tap: str, arch: str) -> str:
@@ -108,9 +115,17 @@ class ClassifierConfig(DictConfig):
     def __post_init__(self) -> None:
         if self.arch not in ARCH_BLOCKS:
             raise ConfigError(f"classifier.arch: expected one of {sorted(ARCH_BLOCKS)}, got {self.arch!r}")
-        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 0:
+        if (isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int)
+                or not 0 <= self.num_classes <= MAX_CLASSES):
             raise ConfigError(
-                f"classifier.num_classes: expected an integer >= 1 (or 0: from the data), got {self.num_classes!r}"
+                f"classifier.num_classes: expected an integer from 2 to {MAX_CLASSES:,} (or 0: from the data), "
+                f"got {self.num_classes!r}"
+            )
+        if self.num_classes == 1:
+            raise ConfigError(
+                "classifier.num_classes: 1 class: there is nothing to classify; the data needs at least two classes "
+                "(one sub-folder per class; a flat folder of images is a single class, which only generator training "
+                "accepts)"
             )
         if self.pretrained not in ("imagenet", "none"):
             raise ConfigError(f"classifier.pretrained: expected 'imagenet' or 'none', got {self.pretrained!r}")
@@ -121,8 +136,8 @@ class ClassifierConfig(DictConfig):
                 f"classifier.imagenet_weights: torchvision has no {self.imagenet_weights!r} weights for "
                 f"{self.arch}; expected one of {list(ARCH_RELEASES[self.arch])}"
             )
-        if isinstance(self.width, bool) or not isinstance(self.width, int) or self.width < 1:
-            raise ConfigError(f"classifier.width: expected an integer >= 1, got {self.width!r}")
+        if isinstance(self.width, bool) or not isinstance(self.width, int) or not 1 <= self.width <= MAX_WIDTH:
+            raise ConfigError(f"classifier.width: expected an integer from 1 to {MAX_WIDTH}, got {self.width!r}")
         if self.width != 64 and self.pretrained == "imagenet":
             raise ConfigError(
                 f"classifier.width: ImageNet weights exist only for width 64, got {self.width}; "
@@ -209,8 +224,6 @@ class Classifier(nn.Module):
         self.register_buffer("input_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self._tap_set = frozenset(self.tap_names)
         if load_pretrained and config.pretrained == "imagenet":
-            from viscoin.classifier.pretrained import load_imagenet_weights
-
             load_imagenet_weights(self)
 
     # ---------------------------------------------------------------- forward
@@ -226,8 +239,12 @@ class Classifier(nn.Module):
         if not x.is_floating_point():
             raise ValueError(f"x: expected a floating-point image in [-1, 1], got dtype {x.dtype}")
 
-    def _run(self, x: Tensor, taps: frozenset[str]) -> dict[str, Tensor]:
-        """One pass through the ResNet's parts; returns the requested taps and the logits."""
+    def _run(self, x: Tensor, taps: frozenset[str], stop_after: str | None = None) -> dict[str, Tensor]:
+        """One pass through the ResNet's parts; returns the requested taps and the logits.
+
+        With `stop_after` (a stage such as ``"layer2"``) the pass ends there: no logits.
+        ``"embedding"`` (the pooled input of the head) is returned when it is in `taps`.
+        """
         self._check_input(x)
         net = self.net
         out: dict[str, Tensor] = {}
@@ -242,7 +259,11 @@ class Classifier(nn.Module):
                     out[name] = h
             if f"layer{stage}" in taps:
                 out[f"layer{stage}"] = h
+            if stop_after == f"layer{stage}":
+                return out
         h = torch.flatten(net.avgpool(h), 1)                    # [N, 8*width*exp]
+        if EMBEDDING in taps:
+            out[EMBEDDING] = h
         logits = net.fc(h)                                      # [N, C]
         assert logits.shape == (x.shape[0], self.num_classes), (logits.shape, self.num_classes)
         out[LOGITS] = logits
@@ -262,6 +283,16 @@ class Classifier(nn.Module):
         out = {name: found[name] for name in self.tap_names}
         out[LOGITS] = found[LOGITS]
         return out
+
+    def stage_output(self, x: Tensor, stage: str) -> Tensor:
+        """Output of ResNet stage `stage` (``"layer1"`` .. ``"layer4"``) [N, C_s, H_s, W_s]; the pass stops there."""
+        if stage not in STAGES:
+            raise ValueError(f"stage: expected one of {list(STAGES)}, got {stage!r}")
+        return self._run(x, frozenset({stage}), stop_after=stage)[stage]
+
+    def embedding(self, x: Tensor) -> Tensor:
+        """The pooled penultimate features (the input of the C-class head) [N, 8·width·expansion]."""
+        return self._run(x, frozenset({EMBEDDING}))[EMBEDDING]
 
     # ---------------------------------------------------------------- shapes
 
@@ -383,6 +414,7 @@ def load_classifier(
         config = ClassifierConfig.from_dict(info.get("config"), where=f"{cfg_path}: config")
     except ConfigError as exc:
         raise CheckpointError(str(exc)) from exc
+    check_module_size(lambda: Classifier(config, load_pretrained=False), f"{cfg_path}: config")
     tensors = load_checkpoint_tensors(info)
     model = Classifier(config, load_pretrained=False)
     copy_named_tensors(model, tensors, where=str(Path(info["_dir"]) / WEIGHTS_NAME))

@@ -12,13 +12,11 @@ dropped: the model keeps its own C-class head.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+from torch import nn
 
 from viscoin.utils.io import CheckpointError, copy_named_tensors
 from viscoin.utils.weights import imagenet_cache_path, imagenet_weights_file, imagenet_weights_url, read_state_dict_file
-
-if TYPE_CHECKING:
-    from viscoin.classifier.model import Classifier
 
 
 def _missing_message(arch: str, release: str, path: Path, explicit: bool) -> str:
@@ -39,8 +37,8 @@ def _missing_message(arch: str, release: str, path: Path, explicit: bool) -> str
     )
 
 
-def load_imagenet_weights(model: Classifier) -> None:
-    """Initialise `model`'s backbone from torchvision's ImageNet weights, read from a local file.
+def load_imagenet_weights(model: nn.Module) -> None:
+    """Initialise `model`'s backbone (a `viscoin.classifier.Classifier`) from torchvision's ImageNet weights, read from a local file.
 
     The file is ``model.config.weights_path`` or, if unset, torchvision's cache file of
     ``model.config.imagenet_weights`` for ``model.config.arch``. Its ``fc.*`` entries (the

@@ -21,9 +21,9 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from viscoin.classifier.model import Classifier, ClassifierConfig, save_classifier
+from viscoin.classifier.model import Classifier, ClassifierConfig, load_classifier, read_classifier_info, save_classifier
 from viscoin.data import DataConfig, ImageDataset, build_dataset
-from viscoin.training.config import RunConfig
+from viscoin.training.config import RunConfig, data_config_with_overrides
 from viscoin.training.runner import ResumableSampler, Runner
 from viscoin.utils.config import ConfigError, DictConfig
 from viscoin.utils.io import write_json
@@ -231,18 +231,9 @@ def test_classifier(
     num_workers: int = 0,                      # data-loading workers
 ) -> dict[str, Any]:
     """Top-1 accuracy of a saved classifier. The data config defaults to the one it was trained with."""
-    from viscoin.classifier.model import load_classifier, read_classifier_info
-    from viscoin.training.config import parse_override
-    from viscoin.utils.config import config_from_dict
-
     model = load_classifier(checkpoint, device=device)
-    data = dict(read_classifier_info(checkpoint).get("extra", {}).get("data") or {})
-    for text in overrides:
-        key, value = parse_override(text)
-        if not key.startswith("data."):
-            raise ConfigError(f"override {text!r}: only data.* settings can be changed here")
-        data[key[len("data."):]] = value
-    data_cfg = config_from_dict(DataConfig, data, "data")
+    saved = read_classifier_info(checkpoint).get("extra", {}).get("data")
+    data_cfg = data_config_with_overrides(saved, overrides, where=str(checkpoint))
     dataset = build_dataset(data_cfg, split, augment=False)
     if dataset.num_classes != model.num_classes:
         raise ConfigError(f"the classifier has {model.num_classes} classes but {data_cfg.root} has {dataset.num_classes}")

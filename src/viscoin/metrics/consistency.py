@@ -1,4 +1,4 @@
-"""Consistency of the concept visualisations (``method.md``, "Evaluation"; paper section 4.1, appendix C).
+"""Consistency of the concept visualisations (paper section 4.1, appendix C).
 
 For concept k and amplification λ:
 
@@ -12,7 +12,7 @@ For concept k and amplification λ:
    first (C from a grid by k-fold cross-validation, scikit-learn), accuracy on the second.
 
 Reported: mean ± std (over concepts) of that accuracy, per λ. Φ, Φ' of both splits come from one
-encoding pass (`viscoin.metrics.common.encode_dataset`); only the edited images are generated, and
+encoding pass (`viscoin.model.passes.encode_dataset`); only the edited images are generated, and
 the φ_k = 0 images (independent of λ) once per concept and split.
 """
 
@@ -24,38 +24,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
-from viscoin.metrics.common import Encoded, generate_batched, progress_bar
-from viscoin.metrics.relevance import global_relevance_from, relevance_from
-from viscoin.model.viscoin import VisCoIN
+from viscoin.model.contract import ConceptModel
+from viscoin.model.passes import Encoded, decode_batched
+from viscoin.model.relevance import global_relevance, select_concepts, top_activating
+from viscoin.utils.iteration import progress_bar
 
 DEFAULT_C_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
 FEATURE_LAYER = "layer2"
-
-
-class _Stop(Exception):
-    """Raised by the forward hook to skip the classifier's layers after the one we read."""
-
-
-@torch.no_grad()
-def layer_features(classifier: nn.Module, x: torch.Tensor, layer: str = FEATURE_LAYER) -> torch.Tensor:
-    """Output of the classifier's ResNet stage `layer` (e.g. ``layer2``) on x in [-1, 1], average-pooled: [N, C]."""
-    module = getattr(classifier.net, layer)[-1]   # the stage's last block: f runs blocks one by one
-    captured: list[torch.Tensor] = []
-
-    def hook(_m: nn.Module, _inp: Any, out: torch.Tensor) -> None:
-        captured.append(out)
-        raise _Stop
-
-    handle = module.register_forward_hook(hook)
-    try:
-        classifier(x)
-    except _Stop:
-        pass
-    finally:
-        handle.remove()
-    return captured[0].float().mean(dim=(2, 3))
 
 
 def relevant_classes(global_rel: torch.Tensor, concept: int, threshold: float = 0.5) -> torch.Tensor:
@@ -65,17 +41,9 @@ def relevant_classes(global_rel: torch.Tensor, concept: int, threshold: float = 
     return classes if classes.numel() else col.argmax().reshape(1)
 
 
-def top_activating(enc: Encoded, concept: int, classes: torch.Tensor, n: int) -> torch.Tensor:
-    """Rows of `enc` (samples of `classes`) with the `n` largest a_k, largest first (fewer if not enough)."""
-    rows = torch.nonzero(torch.isin(enc.labels, classes)).flatten()
-    act = enc.phi[rows, concept].amax(dim=(1, 2))
-    order = torch.sort(act, descending=True, stable=True).indices[:n]
-    return rows[order]
-
-
 @torch.no_grad()
 def edited_features(
-    model: VisCoIN, enc: Encoded, rows: torch.Tensor, concept: int, lambdas: Sequence[float], batch_size: int,
+    model: ConceptModel, enc: Encoded, rows: torch.Tensor, concept: int, lambdas: Sequence[float], batch_size: int,
 ) -> tuple[torch.Tensor, dict[float, torch.Tensor]]:
     """layer2 features of the φ_k = 0 images [n, D] and of the φ_k = λ·φ_max images, per λ."""
     phi = enc.phi[rows]
@@ -87,8 +55,8 @@ def edited_features(
         edited[:, concept] = value                       # constant 3x3 map
         variants.append(edited)
     sup = None if support is None else support.repeat(len(variants), 1)
-    feats = torch.cat([layer_features(model.f, img).cpu()
-                       for _, img in generate_batched(model, torch.cat(variants), sup, batch_size)])
+    feats = torch.cat([model.classifier_stage(img, FEATURE_LAYER).float().mean(dim=(2, 3)).cpu()
+                       for _, img in decode_batched(model, torch.cat(variants), sup, batch_size)])
     feats = feats.view(len(variants), len(rows), -1)
     return feats[0], {lam: feats[1 + i] for i, lam in enumerate(lambdas)}
 
@@ -118,22 +86,21 @@ def svm_accuracy(
     return float(search.score(x_test, y_test)), float(search.best_params_["linearsvc__C"])
 
 
-def select_concepts(global_rel: torch.Tensor, max_concepts: int = 0) -> list[int]:
+def most_relevant_concepts(global_rel: torch.Tensor, max_concepts: int = 0) -> list[int]:
     """All concepts (max_concepts <= 0), else the `max_concepts` with the largest max_c r_{k,c}, in index order."""
     k = global_rel.shape[1]
     if max_concepts <= 0 or max_concepts >= k:
         return list(range(k))
-    top = torch.sort(global_rel.amax(dim=0), descending=True, stable=True).indices[:max_concepts]
-    return sorted(top.tolist())
+    return sorted(select_concepts(global_rel.amax(dim=0), k=max_concepts)["concepts"].tolist())
 
 
 def consistency(
-    model: VisCoIN,
+    model: ConceptModel,
     train: Encoded,                              # Φ, Φ', labels of training samples (no augmentation)
     test: Encoded,                               # the same for test samples
     lambdas: Sequence[float] = (2.0, 4.0),
     samples: int = 100,                          # n: samples per set (each gives 2 images)
-    concepts: Sequence[int] | None = None,       # default: select_concepts(global relevance, max_concepts)
+    concepts: Sequence[int] | None = None,       # default: most_relevant_concepts(global relevance, max_concepts)
     max_concepts: int = 0,
     relevance_threshold: float = 0.5,
     c_grid: Sequence[float] = DEFAULT_C_GRID,
@@ -150,8 +117,8 @@ def consistency(
     """
     if samples < 1:
         raise ValueError(f"consistency: samples must be >= 1, got {samples}")
-    global_rel = global_relevance_from(relevance_from(model, train.phi), train.labels, model.num_classes).cpu()
-    chosen = list(concepts) if concepts is not None else select_concepts(global_rel, max_concepts)
+    global_rel = global_relevance(model.relevance(train.phi), train.labels, model.num_classes).cpu()
+    chosen = list(concepts) if concepts is not None else most_relevant_concepts(global_rel, max_concepts)
     per: dict[float, dict[int, float]] = {lam: {} for lam in lambdas}
     best_c: dict[float, dict[int, float]] = {lam: {} for lam in lambdas}
     classes_of: dict[int, list[int]] = {}
@@ -159,7 +126,7 @@ def consistency(
     for k in progress_bar(chosen, "consistency", progress):
         classes = relevant_classes(global_rel, k, relevance_threshold)
         classes_of[k] = classes.tolist()
-        rows_tr, rows_te = (top_activating(e, k, classes, samples) for e in (train, test))
+        rows_tr, rows_te = (top_activating(model.pool(e.phi), e.labels, k, samples, classes) for e in (train, test))
         if min(len(rows_tr), len(rows_te)) < 2:
             skipped[k] = f"fewer than 2 samples of classes {classes.tolist()} (train {len(rows_tr)}, test {len(rows_te)})"
             continue

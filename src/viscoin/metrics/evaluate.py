@@ -1,4 +1,4 @@
-"""`viscoin evaluate CHECKPOINT`: every metric of ``method.md`` ("Evaluation") on a trained VisCoIN.
+"""Every metric of the paper (section 4.1, appendices B.3 and C) on a trained concept model (`viscoin evaluate`).
 
     result = evaluate_checkpoint("runs/viscoin-cub/viscoin", EvaluateConfig(fid_features="classifier"))
     print(markdown_tables(result))
@@ -10,13 +10,12 @@ test splits (no augmentation): consistency (mean ± std over concepts, per λ) a
 dataset has attribute labels (synthetic birds, CUB, CelebA-HQ), the ground-truth metrics of
 `viscoin.metrics.ground_truth` (concept-attribute alignment, visualisation correctness). Everything is
 seeded (`EvaluateConfig.seed`) and batched; `markdown_tables` lays the numbers out like the
-paper's tables 1 and 2. The CLI hooks `add_evaluate_arguments` / `run_evaluate_command` are
-wired into ``viscoin evaluate`` by `viscoin.cli`.
+paper's tables 1 and 2. Every model is measured through the concept-model contract
+(`viscoin.model.contract`), so VisCoIN and the baselines go through the same code.
 """
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,14 +24,18 @@ from typing import Any, Literal
 
 import torch
 
-from viscoin.data import DataConfig, build_dataset
-from viscoin.metrics.common import encode_dataset, seeded_subset
+from viscoin.data import DataConfig
 from viscoin.metrics.consistency import DEFAULT_C_GRID, consistency
 from viscoin.metrics.faithfulness import faithfulness
-from viscoin.metrics.fid import build_fid_features
 from viscoin.metrics.fidelity import fidelity_pass
-from viscoin.model.viscoin import VisCoIN, load_viscoin, read_viscoin_info
-from viscoin.utils.config import ConfigError, DictConfig, config_from_dict
+from viscoin.metrics.ground_truth import ground_truth_metrics
+from viscoin.model.contract import ConceptModel
+from viscoin.model.loading import load_trained
+from viscoin.model.passes import encode_dataset
+from viscoin.model.perceptual import PerceptualDistance, build_perceptual
+from viscoin.utils.config import ConfigError, DictConfig
+from viscoin.utils.fid import build_fid_features
+from viscoin.utils.iteration import seeded_subset
 
 METRICS = ("accuracy", "reconstruction", "faithfulness", "consistency", "ground_truth")
 DATASET_NAMES = {"cub": "CUB", "cars": "Stanford Cars", "celebahq": "CelebA-HQ", "synthetic": "Synthetic birds"}
@@ -91,12 +94,10 @@ def dataset_name(data: DataConfig) -> str:
     return DATASET_NAMES.get(data.kind) or Path(data.root).name or data.kind
 
 
-def _lpips(cfg: EvaluateConfig) -> tuple[torch.nn.Module | None, str | None]:
+def _lpips(cfg: EvaluateConfig) -> tuple[PerceptualDistance | None, str | None]:
     """LPIPS-VGG, or (None, why) when off or when its weights are missing and no path was given."""
     if not cfg.lpips:
         return None, "off (lpips=false)"
-    from viscoin.model.perceptual import build_perceptual
-
     try:
         return build_perceptual("lpips", vgg_weights_path=cfg.lpips_vgg_path), None
     except (FileNotFoundError, ImportError) as exc:
@@ -106,7 +107,7 @@ def _lpips(cfg: EvaluateConfig) -> tuple[torch.nn.Module | None, str | None]:
 
 
 def evaluate_model(
-    model: VisCoIN,
+    model: ConceptModel,
     train_set: Any,          # training split without augmentation (relevance, consistency)
     test_set: Any,           # test split
     cfg: EvaluateConfig = EvaluateConfig(),
@@ -114,8 +115,8 @@ def evaluate_model(
 ) -> dict[str, Any]:
     """All metrics chosen in `cfg.metrics` on a loaded model; a JSON-serialisable dict (see module docstring)."""
     model.eval()
-    device = next(model.parameters()).device
-    result: dict[str, Any] = {"dataset": name, "num_concepts": model.config.num_concepts,
+    device = model.device
+    result: dict[str, Any] = {"dataset": name, "model": model.family, "num_concepts": model.num_concepts,
                               "num_classes": model.num_classes, "config": cfg.to_dict(), "timings": {}}
     timings = result["timings"]
     test_idx = seeded_subset(len(test_set), cfg.max_test_samples, cfg.seed)
@@ -128,7 +129,7 @@ def evaluate_model(
             lpips = lpips.to(device)
         fid = None
         if recon and cfg.fid_features != "none":
-            fid = build_fid_features(cfg.fid_features, model.f, cfg.inception_path).to(device)
+            fid = build_fid_features(cfg.fid_features, model.classifier_embedding, cfg.inception_path).to(device)
         out = fidelity_pass(model, test_set, test_idx, cfg.batch_size, lpips, fid, cfg.progress)
         result["accuracy"] = {"g": out["accuracy_g"], "f": out["accuracy_f"], "agreement": out["agreement"],
                               "count": out["count"]}
@@ -176,47 +177,28 @@ def evaluate_model(
         timings["consistency"] = time.perf_counter() - start
 
     if ground_truth:
-        from viscoin.metrics.ground_truth import ground_truth_metrics
-
         assert test_enc is not None and train_enc is not None
         start = time.perf_counter()
         result["ground_truth"] = ground_truth_metrics(
             model, train_set, test_set, train_enc, test_enc, purity=cfg.gt_purity, lambdas=cfg.gt_lambdas,
-            num_concepts=cfg.gt_concepts, num_images=cfg.gt_images, min_gain=cfg.gt_min_gain,
+            top_concepts=cfg.gt_concepts, num_images=cfg.gt_images, min_gain=cfg.gt_min_gain,
             batch_size=cfg.batch_size, progress=cfg.progress, seed=cfg.seed,
         )
         timings["ground_truth"] = time.perf_counter() - start
     return result
 
 
-def checkpoint_data_config(path: str | Path, overrides: Sequence[str] = ()) -> DataConfig:
-    """The data config saved with a VisCoIN checkpoint (``extra["data"]``), with ``data.KEY=VALUE`` overrides."""
-    from viscoin.training.config import parse_override
-
-    data = dict(read_viscoin_info(path).get("extra", {}).get("data") or {})
-    for text in overrides:
-        key, value = parse_override(text)
-        if not key.startswith("data."):
-            raise ConfigError(f"override {text!r}: only data.* settings can be changed here")
-        data[key[len("data."):]] = value
-    return config_from_dict(DataConfig, data, "data")
-
-
 def evaluate_checkpoint(
-    path: str | Path,                       # VisCoIN checkpoint folder (f and G from the recorded paths)
+    path: str | Path,                       # a concept-model checkpoint folder (f, G from the recorded paths)
     cfg: EvaluateConfig = EvaluateConfig(),
     device: str | torch.device = "cpu",
     data_overrides: Sequence[str] = (),     # "data.KEY=VALUE" changes to the saved data config
 ) -> dict[str, Any]:
     """Load a checkpoint and its datasets, run `evaluate_model`; adds checkpoint, data and device to the result."""
-    data_cfg = checkpoint_data_config(path, data_overrides)
-    model = load_viscoin(path, device=device)
-    test_set = build_dataset(data_cfg, "test", augment=False)
-    train_set = build_dataset(data_cfg, "train", augment=False)
-    if test_set.num_classes != model.num_classes:
-        raise ConfigError(f"the model has {model.num_classes} classes but {data_cfg.root} has {test_set.num_classes}")
-    result = evaluate_model(model, train_set, test_set, cfg, dataset_name(data_cfg))
-    return {"checkpoint": str(Path(path)), "data": data_cfg.to_dict(), "device": str(device), **result}
+    trained = load_trained(path, data_overrides, device)
+    test_set, train_set = trained.dataset("test"), trained.dataset("train")
+    result = evaluate_model(trained.model, train_set, test_set, cfg, dataset_name(trained.data))
+    return {"checkpoint": str(Path(path)), "data": trained.data.to_dict(), "device": str(device), **result}
 
 
 # ==================================================================== tables
@@ -294,75 +276,3 @@ def _table2(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
             cells.append("–" if not c or c["mean"] is None else f"{100 * c['mean']:.1f} ± {100 * c['std']:.1f}")
         table.append(cells)
     return header, table
-
-
-# ==================================================================== CLI hooks
-
-
-def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``viscoin evaluate`` (call `run_evaluate_command` with the parsed namespace)."""
-    d = EvaluateConfig()
-    parser.add_argument("checkpoint", type=Path, help="VisCoIN checkpoint folder (e.g. runs/viscoin-cub/viscoin)")
-    parser.add_argument("overrides", nargs="*", metavar="data.KEY=VALUE",
-                        help="changes to the data config saved with the checkpoint (e.g. data.root=/data/CUB)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="JSON result file (default: evaluation.json beside the checkpoint folder)")
-    parser.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', ... (default: auto)")
-    parser.add_argument("--metrics", nargs="+", choices=METRICS, default=list(d.metrics), help="metrics to compute")
-    parser.add_argument("--n-faithfulness", type=int, default=d.n_faithfulness,
-                        help=f"random test samples for faithfulness (default: {d.n_faithfulness})")
-    parser.add_argument("--thresholds", type=float, nargs="+", default=list(d.thresholds),
-                        help="faithfulness thresholds τ (default: 0.1 0.2 0.4)")
-    parser.add_argument("--lambdas", type=float, nargs="+", default=list(d.consistency_lambdas),
-                        help="consistency amplifications λ (default: 2 4)")
-    parser.add_argument("--consistency-samples", type=int, default=d.consistency_samples,
-                        help=f"samples per set and concept (default: {d.consistency_samples})")
-    parser.add_argument("--max-concepts", type=int, default=d.max_concepts,
-                        help="consistency on the M most relevant concepts only (default: 0 = all)")
-    parser.add_argument("--fid-features", choices=["inception", "classifier", "none"], default=d.fid_features,
-                        help="FID feature space: the standard Inception (default; local weights), "
-                             "f's own features (offline substitute, labelled), or none")
-    parser.add_argument("--inception", default=None, metavar="PATH",
-                        help="FID Inception weights (weights-inception-2015-12-05-6726825d.pth); default: torch hub's cache")
-    parser.add_argument("--lpips-vgg", default=None, metavar="PATH",
-                        help="VGG16 ImageNet weights for LPIPS; default: torchvision's cache (skipped if missing)")
-    parser.add_argument("--no-lpips", action="store_true", help="do not compute LPIPS")
-    parser.add_argument("--batch-size", type=int, default=d.batch_size, help=f"images per pass (default: {d.batch_size})")
-    parser.add_argument("--seed", type=int, default=d.seed, help=f"seed of every random choice (default: {d.seed})")
-    parser.add_argument("--max-test", type=int, default=0, help="cap on test samples (seeded subset; default: all)")
-    parser.add_argument("--max-train", type=int, default=0, help="cap on training samples (seeded subset; default: all)")
-    parser.add_argument("--gt-concepts", type=int, default=d.gt_concepts,
-                        help=f"ground truth: most relevant concepts whose λ sweeps are judged (default: {d.gt_concepts})")
-    parser.add_argument("--gt-purity", type=float, default=d.gt_purity,
-                        help="ground truth: an attribute is class-defining when its frequency in every class is "
-                             f"<= 1-P or >= P (default: {d.gt_purity}; lower it for noisy labels such as CUB's)")
-    parser.add_argument("--gt-images", type=int, default=d.gt_images,
-                        help=f"ground truth: images per judged sweep (default: {d.gt_images})")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def config_from_args(args: argparse.Namespace) -> EvaluateConfig:
-    """The `EvaluateConfig` of parsed ``viscoin evaluate`` arguments."""
-    return EvaluateConfig(
-        metrics=tuple(args.metrics), n_faithfulness=args.n_faithfulness, thresholds=tuple(args.thresholds),
-        consistency_lambdas=tuple(args.lambdas), consistency_samples=args.consistency_samples,
-        max_concepts=args.max_concepts, fid_features=args.fid_features, inception_path=args.inception,
-        lpips=not args.no_lpips, lpips_vgg_path=args.lpips_vgg, batch_size=args.batch_size, seed=args.seed,
-        progress=not args.no_progress, max_test_samples=args.max_test, max_train_samples=args.max_train,
-        gt_concepts=args.gt_concepts, gt_images=args.gt_images, gt_purity=args.gt_purity,
-    )
-
-
-def run_evaluate_command(args: argparse.Namespace) -> int:
-    """``viscoin evaluate``: evaluate, write the JSON, print the Markdown tables. Returns the exit status."""
-    from viscoin.utils.device import resolve_device
-    from viscoin.utils.io import write_json
-
-    cfg = config_from_args(args)
-    device = resolve_device(args.device)
-    result = evaluate_checkpoint(args.checkpoint, cfg, device, args.overrides)
-    out = args.out if args.out is not None else Path(args.checkpoint).resolve().parent / "evaluation.json"
-    write_json(out, result)
-    print(markdown_tables(result))
-    print(f"wrote {out}")
-    return 0

@@ -1,7 +1,7 @@
-"""Faithfulness of the concepts (``method.md``, "Evaluation"; paper section 4.1, appendix B.3).
+"""Faithfulness of the concepts (paper section 4.1, appendix B.3).
 
 For a sample x with ĉ = argmax g(x) and threshold τ: zero every φ_j with r_{j,x} > τ to get
-Φ_τ(x), generate x̃_τ = G(w̄ + Ω(Φ_τ(x), Φ'(x))), and score
+Φ_τ(x), decode x̃_τ (VisCoIN: G(w̄ + Ω(Φ_τ(x), Φ'(x)))), and score
 
     FF_x = f(x̃)_ĉ − f(x̃_τ)_ĉ        (f's softmax probability of ĉ; x̃ the reconstruction)
 
@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
-from viscoin.metrics.common import Encoded, batches, f_probabilities, generate_batched, model_device, progress_bar
-from viscoin.metrics.relevance import relevance_from
-from viscoin.model.viscoin import VisCoIN
+from viscoin.model.contract import ConceptModel
+from viscoin.model.passes import Encoded, decode_batched
+from viscoin.utils.iteration import batches, progress_bar
 
 DEFAULT_THRESHOLDS = (0.1, 0.2, 0.4)
 
@@ -33,7 +33,7 @@ def random_masks(counts: torch.Tensor, num_concepts: int, generator: torch.Gener
 
 @torch.no_grad()
 def faithfulness_scores(
-    model: VisCoIN,
+    model: ConceptModel,
     enc: Encoded,                                      # Φ, Φ', g's logits of the chosen test samples
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
     seed: int = 0,                                     # seeds the random baseline
@@ -45,11 +45,11 @@ def faithfulness_scores(
     ``removed@τ`` is the number of concepts zeroed (the same for the baseline).
     """
     model.eval()
-    device = model_device(model)
+    device = model.device
     n, k = enc.phi.shape[:2]
     gen = torch.Generator().manual_seed(seed)
     classes = enc.logits_g.argmax(dim=1)                            # ĉ
-    relevance = relevance_from(model, enc.phi.to(device), classes.to(device)).cpu()
+    relevance = model.relevance(enc.phi.to(device), classes.to(device)).cpu()
     masks = {t: relevance > t for t in thresholds}
     random = {t: random_masks(masks[t].sum(1), k, gen) for t in thresholds}
     out = {f"{key}@{t}": torch.zeros(n) for t in thresholds for key in ("ff", "random", "removed")}
@@ -64,8 +64,8 @@ def faithfulness_scores(
         # x̃ and every zeroed variant of this batch, generated and classified batch_size images at a time.
         variants = [phi] + [phi * ~m[sl].to(device)[:, :, None, None] for t in thresholds for m in (masks[t], random[t])]
         sup = None if support is None else support.repeat(len(variants), 1)
-        probs = torch.cat([f_probabilities(model, img)
-                           for _, img in generate_batched(model, torch.cat(variants), sup, batch_size)])
+        probs = torch.cat([model.classify(img).float().softmax(dim=1)
+                           for _, img in decode_batched(model, torch.cat(variants), sup, batch_size)])
         p_c = probs.view(len(variants), phi.shape[0], -1)[:, rows, c].cpu()   # [V, B]
         for i, t in enumerate(thresholds):
             out[f"ff@{t}"][sl] = p_c[0] - p_c[1 + 2 * i]
@@ -74,7 +74,7 @@ def faithfulness_scores(
 
 
 def faithfulness(
-    model: VisCoIN,
+    model: ConceptModel,
     enc: Encoded,
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
     seed: int = 0,

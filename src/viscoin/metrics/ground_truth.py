@@ -15,7 +15,7 @@ They need binary attribute labels per image: the synthetic birds' 17 factor valu
 
 2. **Visualisation correctness.** An *attribute probe* (one logistic regression per attribute on
    f's spatially averaged taps, trained on the training split, its test accuracy reported) judges
-   what the generator draws for a concept: for each of the `num_concepts` most relevant concepts
+   what the decoder draws for a concept: for each of the `top_concepts` most relevant concepts
    (largest global relevance max_c r_{k,c}), take its best-aligned attribute a* and `num_images`
    test images that do *not* have a* (seeded choice), and generate them with φ_k set to the
    constant map λ·φ_max (φ_max: the concept's largest activation on the test split; the edit of
@@ -37,9 +37,10 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
-from viscoin.metrics.common import Encoded, batches, load_images, model_device, progress_bar
-from viscoin.metrics.relevance import global_relevance_from, relevance_from
-from viscoin.model.viscoin import VisCoIN
+from viscoin.model.contract import ConceptModel
+from viscoin.model.passes import Encoded
+from viscoin.model.relevance import global_relevance
+from viscoin.utils.iteration import batches, load_images, progress_bar
 
 CAPTURE_AUC = 0.9
 
@@ -87,11 +88,9 @@ def concept_alignment(
     attributes: torch.Tensor,            # their attributes [N, A]
     defining: torch.Tensor,              # bool [A], class-defining attributes
     names: Sequence[str],                # attribute names
-    pool: Any = None,                    # Θ's pooling (default: max over space)
 ) -> dict[str, Any]:
     """Per attribute: the best-aligned concept and its AUC; summaries over class-defining and all attributes."""
-    pooled = (pool(phi) if pool is not None else phi.amax(dim=(2, 3))).float()
-    auc = roc_auc_matrix(pooled, attributes)                                     # [A, K]
+    auc = roc_auc_matrix(pooled.float(), attributes)                                     # [A, K]
     best = torch.nan_to_num(auc, nan=-1.0).max(dim=1)
     rows = []
     for a, name in enumerate(names):
@@ -116,17 +115,17 @@ def concept_alignment(
 
 
 @torch.no_grad()
-def probe_features(model: VisCoIN, x: torch.Tensor) -> torch.Tensor:
+def probe_features(model: ConceptModel, x: torch.Tensor) -> torch.Tensor:
     """f's taps (and logits) averaged over space and concatenated: [N, D] (the probe's input)."""
-    feats = model.f.features(x)
+    feats = model.classifier_features(x)
     return torch.cat([v.float().mean(dim=(2, 3)) if v.ndim == 4 else v.float() for v in feats.values()], dim=1)
 
 
 @torch.no_grad()
-def dataset_features(model: VisCoIN, dataset: Any, indices: torch.Tensor, batch_size: int,
+def dataset_features(model: ConceptModel, dataset: Any, indices: torch.Tensor, batch_size: int,
                      progress: bool = False) -> torch.Tensor:
     """`probe_features` of dataset samples (batched, eval mode, on the CPU)."""
-    device = model_device(model)
+    device = model.device
     out = []
     for sl in progress_bar(list(batches(len(indices), batch_size)), "probe features", progress):
         x, _ = load_images(dataset, indices[sl])
@@ -173,14 +172,14 @@ class AttributeProbe:
 
 @torch.no_grad()
 def visualisation_correctness(
-    model: VisCoIN,
+    model: ConceptModel,
     train_enc: Encoded,                  # training split encoding (global relevance)
     test_enc: Encoded,                   # test split encoding (the images to sweep)
     test_images: Any,                    # test dataset (its .attributes; rows test_enc.indices)
     probe: AttributeProbe,
     alignment: dict[str, Any],           # from `concept_alignment` on the test split
     lambdas: Sequence[float] = (0.0, 1.0, 2.0, 4.0),
-    num_concepts: int = 10,
+    top_concepts: int = 10,
     num_images: int = 16,
     min_gain: float = 0.1,
     batch_size: int = 64,
@@ -191,12 +190,12 @@ def visualisation_correctness(
     lams = sorted(float(v) for v in lambdas)
     if len(lams) < 2:
         raise ValueError(f"lambdas: expected at least two values, got {list(lambdas)}")
-    device = model_device(model)
+    device = model.device
     auc = alignment["auc"]                                                       # [A, K]
     names = [r["attribute"] for r in alignment["attributes"]]
-    rel = relevance_from(model, train_enc.phi.to(device), train_enc.labels.to(device)).cpu()
-    global_rel = global_relevance_from(rel, train_enc.labels, model.num_classes)  # [C, K]
-    order = torch.argsort(global_rel.max(dim=0).values, descending=True, stable=True)[:num_concepts]
+    rel = model.relevance(train_enc.phi.to(device), train_enc.labels.to(device)).cpu()
+    global_rel = global_relevance(rel, train_enc.labels, model.num_classes)  # [C, K]
+    order = torch.argsort(global_rel.max(dim=0).values, descending=True, stable=True)[:top_concepts]
     test_attrs = test_images.attributes[test_enc.indices]
     gen = torch.Generator().manual_seed(seed)
     concepts = []
@@ -214,7 +213,7 @@ def visualisation_correctness(
             edited[:, k] = lam * phi_max
             probs = []
             for sl in batches(len(rows), batch_size):
-                img = model.generate(edited[sl], None if support is None else support[sl])
+                img = model.decode(edited[sl], None if support is None else support[sl])
                 probs.append(probe.probabilities(probe_features(model, img).cpu())[:, a])
             means.append(float(torch.cat(probs).mean()) if probs else float("nan"))
         gain = means[-1] - means[0]
@@ -229,14 +228,14 @@ def visualisation_correctness(
 
 
 def ground_truth_metrics(
-    model: VisCoIN,
+    model: ConceptModel,
     train_set: Any,                      # training split, no augmentation, with .attributes
     test_set: Any,                       # test split, with .attributes
     train_enc: Encoded,
     test_enc: Encoded,
     purity: float = 0.9,
     lambdas: Sequence[float] = (0.0, 1.0, 2.0, 4.0),
-    num_concepts: int = 10,
+    top_concepts: int = 10,
     num_images: int = 16,
     min_gain: float = 0.1,
     batch_size: int = 64,
@@ -248,14 +247,14 @@ def ground_truth_metrics(
     train_attrs = train_set.attributes[train_enc.indices]
     test_attrs = test_set.attributes[test_enc.indices]
     defining = class_defining(train_attrs, train_enc.labels, model.num_classes, purity)
-    alignment = concept_alignment(test_enc.phi, test_attrs, defining, names, model.theta.pool)
+    alignment = concept_alignment(model.pool(test_enc.phi), test_attrs, defining, names)
 
     train_feats = dataset_features(model, train_set, train_enc.indices, batch_size, progress)
     probe = AttributeProbe.fit(train_feats, train_attrs)
     test_feats = dataset_features(model, test_set, test_enc.indices, batch_size, progress)
     accuracy = ((probe.probabilities(test_feats) > 0.5).float() == test_attrs).float().mean(dim=0)
     vis = visualisation_correctness(model, train_enc, test_enc, test_set, probe, alignment, lambdas,
-                                    num_concepts, num_images, min_gain, batch_size, progress, seed)
+                                    top_concepts, num_images, min_gain, batch_size, progress, seed)
     alignment = {k: v for k, v in alignment.items() if k != "auc"}
     probe_acc = {name: float(v) for name, v in zip(names, accuracy)}
     defining_acc = [probe_acc[n] for n, d in zip(names, defining) if d]

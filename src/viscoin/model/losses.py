@@ -1,4 +1,4 @@
-"""VisCoIN's training objective, eqs. 2-5 of ``shared/docs/method.md``.
+"""VisCoIN's training objective, paper eqs. 2-5 (section 3.4).
 
     L = L_of + L_rec + L_reg
     L_of  = α · CE(g(x), f(x))                                   soft targets: f's probabilities
@@ -18,6 +18,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from viscoin.model.perceptual import PerceptualDistance
+from viscoin.model.viscoin_model import TrainingPass
 from viscoin.utils.config import ConfigError, DictConfig
 
 
@@ -48,33 +50,30 @@ def soft_cross_entropy(logits: torch.Tensor, target_probs: torch.Tensor) -> torc
 
 
 def viscoin_losses(
-    out: dict[str, torch.Tensor],          # VisCoIN.forward(x)
+    out: TrainingPass,                     # VisCoIN.forward(x)
     x: torch.Tensor,                       # the inputs [N, 3, R, R]
     cfg: LossConfig,
-    perceptual: torch.nn.Module | None,    # per-sample distance [N] (None when beta = 0)
+    perceptual: PerceptualDistance | None, # per-sample distance [N] (None when beta = 0)
     orthogonality: torch.Tensor | None,    # Ψ's L_orth (None when switched off)
 ) -> dict[str, torch.Tensor]:
     """Every term of eqs. 2-5 (batch means), and `total`."""
-    p_f = out["feats"]["logits"].float().softmax(dim=1).detach()      # f(x), frozen target
-    x_rec = out["x_rec"].float()
+    p_f = out.feats["logits"].float().softmax(dim=1).detach()        # f(x), frozen target
+    x_rec = out.x_rec.float()
     x = x.float()
     terms: dict[str, torch.Tensor] = {}
-    terms["output_fidelity"] = cfg.alpha * soft_cross_entropy(out["logits_g"], p_f).mean()
+    terms["output_fidelity"] = cfg.alpha * soft_cross_entropy(out.logits_g, p_f).mean()
     terms["rec_l2"] = cfg.l2 * (x - x_rec).square().mean()
     terms["rec_l1"] = cfg.l1 * (x - x_rec).abs().mean()
     if cfg.beta > 0:
-        assert perceptual is not None
-        from viscoin.model.perceptual import ClassifierFeatureDistance
-
-        if isinstance(perceptual, ClassifierFeatureDistance):  # reuse f's features of x and x̃
-            dist = perceptual(x, x_rec, feats_x=out["feats"], feats_y=out["feats_rec"])
-        else:
-            dist = perceptual(x, x_rec)
+        if perceptual is None:
+            raise ValueError("loss.beta > 0 needs a perceptual distance")
+        # f's features of x and x̃ are passed along: the classifier-feature distance reuses them, LPIPS ignores them.
+        dist = perceptual(x, x_rec, feats_x=out.feats, feats_y=out.feats_rec)
         terms["rec_perceptual"] = cfg.beta * dist.float().mean()
-    terms["rec_classification"] = cfg.gamma * soft_cross_entropy(out["feats_rec"]["logits"], p_f).mean()
-    terms["sparsity"] = cfg.delta * out["phi"].float().abs().mean()
+    terms["rec_classification"] = cfg.gamma * soft_cross_entropy(out.feats_rec["logits"], p_f).mean()
+    terms["sparsity"] = cfg.delta * out.phi.float().abs().mean()
     if orthogonality is not None:
         terms["orthogonality"] = orthogonality.float()
-    terms["latent"] = cfg.latent * out["offsets"].float().square().mean()
+    terms["latent"] = cfg.latent * out.offsets.float().square().mean()
     terms["total"] = torch.stack(list(terms.values())).sum()
     return terms

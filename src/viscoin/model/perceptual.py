@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from viscoin.utils.weights import imagenet_cache_path, imagenet_weights_url, read_state_dict_file
+from viscoin.classifier.model import Classifier, resolve_tap
 from viscoin.utils.io import CheckpointError, copy_named_tensors
 
 VGG_ARCH = "vgg16"
@@ -82,7 +83,14 @@ class PerceptualDistance(nn.Module):
         """What ran, for configs and reports: at least ``{"perceptual": name}``."""
         return {"perceptual": self.name}
 
-    def forward(self, x: Tensor, y: Tensor) -> Tensor:  # pragma: no cover - abstract
+    def forward(
+        self,
+        x: Tensor,
+        y: Tensor,
+        feats_x: Mapping[str, Tensor] | None = None,   # f's features of x, for distances that read them
+        feats_y: Mapping[str, Tensor] | None = None,   # f's features of y
+    ) -> Tensor:  # pragma: no cover - abstract
+        """Per-sample distance ``[N]``; every distance takes this one signature (others ignore feats_*)."""
         raise NotImplementedError
 
     def extra_repr(self) -> str:
@@ -215,7 +223,13 @@ class LPIPSDistance(PerceptualDistance):
             "lpips_weights_file": self.lpips_weights_file,
         }
 
-    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        y: Tensor,
+        feats_x: Mapping[str, Tensor] | None = None,   # unused (LPIPS runs its own VGG16)
+        feats_y: Mapping[str, Tensor] | None = None,   # unused
+    ) -> Tensor:
         """LPIPS-VGG of ``x`` and ``y`` (``[N, 3, H, W]`` in [-1, 1]) -> ``[N]``."""
         _check_pair(x, y)
         d = self.lpips(x, y, normalize=False)   # [N, 1, 1, 1]
@@ -239,8 +253,6 @@ class ClassifierFeatureDistance(PerceptualDistance):
 
     def __init__(self, classifier: nn.Module, taps: Sequence[str] | None = None) -> None:
         super().__init__()
-        from viscoin.classifier.model import Classifier, resolve_tap
-
         if not isinstance(classifier, Classifier):
             raise TypeError(f"classifier: expected a viscoin Classifier, got {type(classifier).__name__}")
         available = list(classifier.tap_names)

@@ -1,4 +1,4 @@
-"""Training VisCoIN (paper section 3.4; ``shared/docs/method.md`` "Losses" and "Training").
+"""Training VisCoIN (paper section 3.4, eqs. 2-5; appendix B.1 and table 3 for the settings).
 
     viscoin train --config cub data.root=/data/CUB_200_2011 classifier=runs/f-cub/classifier \\
         generator=nets/cub-G run.out_dir=runs/viscoin-cub
@@ -21,11 +21,14 @@ from typing import Any
 
 import torch
 
+from viscoin.classifier.model import load_classifier
 from viscoin.data import DataConfig, build_dataset
-from viscoin.metrics.fidelity import evaluate_agreement
 from viscoin.model.losses import LossConfig, viscoin_losses
-from viscoin.model.viscoin import VisCoIN, VisCoINConfig, save_viscoin
-from viscoin.stylegan.generator import random_labels
+from viscoin.model.passes import agreement_check
+from viscoin.model.perceptual import PerceptualDistance, build_perceptual
+from viscoin.model.viscoin_model import TrainingPass, VisCoIN, VisCoINConfig, save_viscoin
+from viscoin.pretrained import resolve
+from viscoin.stylegan.checkpoint import load_generator
 from viscoin.training.config import RunConfig
 from viscoin.training.runner import Runner
 from viscoin.utils.config import ConfigError, DictConfig
@@ -74,10 +77,6 @@ def lr_factor(step: int, cfg: VisCoINTrainConfig) -> float:
 
 def load_frozen_networks(cfg: VisCoINTrainConfig) -> tuple[torch.nn.Module, torch.nn.Module]:
     """f and G from folders or shipped names (``viscoin:birds/classifier``), frozen."""
-    from viscoin.classifier.model import load_classifier
-    from viscoin.pretrained import resolve
-    from viscoin.stylegan.checkpoint import load_generator
-
     if not cfg.classifier:
         raise ConfigError("classifier: set it to a classifier folder (from `viscoin classifier train`)")
     if not cfg.generator:
@@ -91,26 +90,20 @@ def training_losses(
     x_real: torch.Tensor,                # [B_real, 3, R, R] training images
     n_synthetic: int,                    # images to draw from G
     loss_cfg: LossConfig,
-    perceptual: torch.nn.Module | None,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    perceptual: PerceptualDistance | None,
+) -> tuple[torch.Tensor, TrainingPass, dict[str, torch.Tensor]]:
     """One step's batch (real + G(mapping(z, c)), z ~ N(0, I), c uniform if G is conditional, truncation 1,
     no autograd), forward and losses."""
     x = x_real
     if n_synthetic:
-        with torch.no_grad():
-            z = torch.randn(n_synthetic, raw.G.z_dim, device=x_real.device)
-            c = random_labels(raw.G.c_dim, n_synthetic, x_real.device)     # None unless G is conditional
-            x_syn = raw._synthesize(raw.G.map(z, c, truncation_psi=1.0))
-        x = torch.cat([x, x_syn.to(x.dtype)])
+        x = torch.cat([x, raw.sample_images(n_synthetic, x_real.device).to(x.dtype)])
     out = model(x)
-    orth = raw.psi.orthogonality_loss() if loss_cfg.orthogonality else None
+    orth = raw.orthogonality_loss() if loss_cfg.orthogonality else None
     return x, out, viscoin_losses(out, x, loss_cfg, perceptual, orth)
 
 
 def train_viscoin(cfg: VisCoINTrainConfig, resume: bool = False) -> dict[str, Any]:
     """Train Ψ, Θ, Ω; returns the final metrics."""
-    from viscoin.model.perceptual import build_perceptual
-
     f, G = load_frozen_networks(cfg)
     train_set = build_dataset(cfg.data, "train")
     test_set = build_dataset(cfg.data, "test")
@@ -175,16 +168,16 @@ def train_viscoin(cfg: VisCoINTrainConfig, resume: bool = False) -> dict[str, An
                 dt = time.perf_counter() - t0
                 metrics = {f"loss/{k}": v.item() for k, v in terms.items()}
                 n_real = len(batch["image"])
-                acc = (out["logits_g"][:n_real].argmax(1) == batch["label"]).float().mean().item()
+                acc = (out.logits_g[:n_real].argmax(1) == batch["label"]).float().mean().item()
                 metrics.update({"train/accuracy_g": acc, "train/lr": optimizer.param_groups[0]["lr"],
                                 "speed/images_per_s": images_since / max(dt, 1e-9)})
                 runner.log(metrics, step)
                 bar.set_postfix(loss=f"{terms['total'].item():.4f}", acc_g=f"{acc:.2f}")
                 t0, images_since = time.perf_counter(), 0
             if cfg.sample_every and step % cfg.sample_every == 0:
-                write_samples(x.detach(), out["x_rec"].detach())
+                write_samples(x.detach(), out.x_rec.detach())
             if cfg.eval_every and step % cfg.eval_every == 0 and runner.is_main:
-                result = evaluate_agreement(raw, test_set, b_real + b_syn, runner.device, cfg.eval_samples)
+                result = agreement_check(raw, test_set, b_real + b_syn, cfg.eval_samples)
                 runner.log({f"test/{k}": v for k, v in result.items() if k != "count"}, step)
                 history.append({"step": step, **result})
                 runner.print(f"step {step}: test accuracy g {100 * result['accuracy_g']:.2f}% "
@@ -197,7 +190,7 @@ def train_viscoin(cfg: VisCoINTrainConfig, resume: bool = False) -> dict[str, An
 
     out_metrics: dict[str, Any] = {"steps": step, "history": history}
     if runner.is_main:
-        final = evaluate_agreement(raw, test_set, b_real + b_syn, runner.device)
+        final = agreement_check(raw, test_set, b_real + b_syn)
         out_metrics.update({f"test_{k}": v for k, v in final.items()})
         out_metrics["perceptual"] = perceptual.name if perceptual is not None else "off"
         save_viscoin(raw, runner.out_dir / "viscoin", cfg.classifier, cfg.generator,

@@ -1,8 +1,8 @@
-"""`viscoin report`: a self-contained static HTML report of a trained VisCoIN.
+"""`viscoin report`: a self-contained static HTML report of a trained concept model.
 
 ``out_dir/index.html`` (inline CSS, no script, nothing fetched from the network) and
-``out_dir/figures/*.png`` linked by relative paths. Contents (method page, "Interpretation" and
-"Evaluation"):
+``out_dir/figures/*.png`` linked by relative paths. Contents (paper sections 3.5 and 4, figure 4,
+appendix E):
 
 - the model, its data and the training summary saved with the checkpoint;
 - metrics tables: a JSON written by `viscoin evaluate` (``--metrics FILE``), or computed on the
@@ -28,8 +28,11 @@ from urllib.parse import quote
 
 import torch
 
-from viscoin.interpret.concepts import DEFAULT_LAMBDAS, ConceptExplainer
-from viscoin.utils.io import atomic_path
+from viscoin.interpret.explainer import DEFAULT_LAMBDAS, ConceptExplainer
+from viscoin.interpret.plot import matrix_figure, pair_figure, samples_figure, save_figure
+from viscoin.metrics.evaluate import markdown_tables
+from viscoin.model.loading import TrainedModel, load_trained
+from viscoin.utils.io import atomic_path, read_json
 
 FIGURES = "figures"
 
@@ -166,8 +169,6 @@ def metrics_html(metrics: Mapping[str, Any]) -> str:
     """The paper-style tables of `viscoin.metrics.evaluate.markdown_tables`, then every value of the
     result in generic tables (folded). Without those tables (another result format), generic tables only."""
     try:
-        from viscoin.metrics.evaluate import markdown_tables
-
         paper = markdown_to_html(markdown_tables(dict(metrics)))
     except Exception:  # a result that evaluate's tables do not know: show whatever is there
         paper = ""
@@ -185,25 +186,8 @@ def figure_html(src: str, alt: str, caption: str = "") -> str:
 # The report
 
 
-def load_data_config(info: Mapping[str, Any], overrides: Sequence[str] = ()) -> Any:
-    """The DataConfig saved with the checkpoint, changed by ``data.KEY=VALUE`` overrides."""
-    from viscoin.data import DataConfig
-    from viscoin.training.config import parse_override
-    from viscoin.utils.config import ConfigError, config_from_dict
-
-    data = dict((info.get("extra") or {}).get("data") or {})
-    for text in overrides:
-        key, value = parse_override(text)
-        if not key.startswith("data."):
-            raise ConfigError(f"override {text!r}: only data.* settings can be changed here (e.g. data.root=/elsewhere)")
-        data[key[len("data."):]] = value
-    if not data:
-        raise ConfigError("the checkpoint records no data config; give data.kind=... data.root=... data.resolution=...")
-    return config_from_dict(DataConfig, data, "data")
-
-
 def write_report(
-    checkpoint: str | os.PathLike,                # VisCoIN folder (RUN/viscoin)
+    checkpoint: str | os.PathLike,                # concept-model folder (RUN/viscoin)
     out_dir: str | os.PathLike,                   # report folder: index.html + figures/
     metrics: Mapping[str, Any] | None = None,     # result of `viscoin evaluate` (JSON), if any
     pairs: int = 6,                               # most relevant class–concept pairs to show
@@ -212,31 +196,19 @@ def write_report(
     data_overrides: Sequence[str] = (),           # data.KEY=VALUE changes to the saved data config
     device: str | torch.device = "cpu",
     batch_size: int = 32,
-    model: Any = None,                            # an already loaded VisCoIN (tests); default: load it
+    trained: TrainedModel | None = None,          # an already loaded model (tests, demo); default: load it
     metrics_source: str = "",                     # where the metrics came from (shown in the report)
 ) -> Path:
     """Write the report; returns the path of ``index.html``."""
-    from viscoin.data import build_dataset
-    from viscoin.interpret.cli import class_names
-    from viscoin.interpret.plot import matrix_figure, pair_figure, samples_figure, save_figure
-    from viscoin.model.viscoin import load_viscoin, read_viscoin_info
-    from viscoin.utils.config import ConfigError
-
     if pairs < 1 or samples < 1:
         raise ValueError(f"pairs and samples: expected >= 1, got {pairs} and {samples}")
     if len(lambdas) < 2:
         raise ValueError(f"lambdas: expected at least two values, got {list(lambdas)}")
     checkpoint = Path(checkpoint)
-    info = read_viscoin_info(checkpoint)
-    data_cfg = load_data_config(info, data_overrides)
-    if model is None:
-        model = load_viscoin(checkpoint, device=device)
-    if data_cfg.resolution != model.resolution:
-        raise ConfigError(f"data.resolution={data_cfg.resolution} but the model takes {model.resolution}x{model.resolution}")
-    names = class_names(info, model.num_classes)
-    train = build_dataset(data_cfg, "train", augment=False)
-    if train.num_classes != model.num_classes:
-        raise ConfigError(f"the model has {model.num_classes} classes but {data_cfg.root} has {train.num_classes}")
+    if trained is None:
+        trained = load_trained(checkpoint, data_overrides, device)
+    model, info, data_cfg, names = trained.model, trained.info, trained.data, trained.classes
+    train = trained.dataset("train")
 
     out_dir = Path(out_dir)
     fig_dir = out_dir / FIGURES
@@ -252,7 +224,6 @@ def write_report(
     acts = explainer.activations(train)
     global_rel = explainer.global_relevance(acts)                        # [C, K]
     top = [p for p in explainer.top_pairs(global_rel, pairs) if p[2] > 0]
-    k = model.config.num_concepts
 
     # -- figures ----------------------------------------------------------------------------------
     rel_src = save("global-relevance.png", matrix_figure(
@@ -291,8 +262,7 @@ def write_report(
 
     # -- text -------------------------------------------------------------------------------------
     extra = info.get("extra") or {}
-    model_rows = [["checkpoint", str(checkpoint.resolve())], ["concepts K", str(k)], ["classes C", str(model.num_classes)],
-                  ["resolution", f"{model.resolution}×{model.resolution}"], ["support branch Φ'", str(model.config.use_support)],
+    model_rows = [["checkpoint", str(checkpoint.resolve())], *([k, v] for k, v in model.describe().items()),
                   ["data", f"{data_cfg.kind}: {data_cfg.root or '(the user cache folder)'}"], ["training images", str(len(train))]]
     if "perceptual" in extra:
         model_rows.append(["perceptual term", str(extra["perceptual"])])
@@ -324,12 +294,12 @@ def write_report(
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <link rel="icon" href="data:,">
-<title>VisCoIN report: {_e(checkpoint.name)}</title>
+<title>{_e(model.family)} report: {_e(checkpoint.name)}</title>
 <style>{CSS}</style>
 </head>
 <body>
 <main>
-<h1>VisCoIN report</h1>
+<h1>{_e(model.family)} report</h1>
 <p class="muted">{_e(checkpoint.resolve())} · written {now} · viscoin (Parekh et al., ICLR 2025)</p>
 
 <h2>Model</h2>
@@ -363,3 +333,36 @@ training images of class c (paper section 3.5).</p>
         if stale.name not in written:
             stale.unlink()
     return index
+
+
+# ---------------------------------------------------------------------------------------------
+# Where a report goes and where its metrics come from
+
+
+def default_out_dir(checkpoint: Path) -> Path:
+    """CHECKPOINT/../report: next to the checkpoint, in its run folder."""
+    return Path(checkpoint).resolve().parent / "report"
+
+
+def read_metrics(path: Path) -> dict[str, Any]:
+    """A metrics JSON (`viscoin evaluate`); ValueError naming the file when it is missing or not a JSON object."""
+    data = read_json(path, what="metrics file")
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object of metrics (from `viscoin evaluate`), got {type(data).__name__}")
+    return data
+
+
+def default_metrics_file(checkpoint: Path) -> Path | None:
+    """``evaluation.json`` beside the checkpoint (where `viscoin evaluate` writes by default), if it
+    exists and was computed for this checkpoint."""
+    path = Path(checkpoint).resolve().parent / "evaluation.json"
+    if not path.is_file():
+        return None
+    try:
+        data = read_metrics(path)
+    except ValueError:
+        return None
+    recorded = data.get("checkpoint")  # as given to `viscoin evaluate`: may be relative to another folder
+    if recorded is not None and Path(recorded).is_absolute() and Path(recorded).resolve() != Path(checkpoint).resolve():
+        return None
+    return path

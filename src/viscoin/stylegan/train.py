@@ -21,10 +21,8 @@ with the final augmentation probability in their extras) and ``metrics.json``.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -47,10 +45,12 @@ from viscoin.stylegan.config import (
 )
 from viscoin.stylegan.discriminator import Discriminator
 from viscoin.stylegan.generator import Generator
+from viscoin.stylegan.official import load_official
 from viscoin.stylegan.sampling import sample
 from viscoin.training.config import RunConfig
 from viscoin.training.runner import Runner
 from viscoin.utils.config import ConfigError, DictConfig
+from viscoin.utils.fid import InceptionFeatures, fid_from_features
 from viscoin.utils.images import image_grid, save_image, to_uint8
 from viscoin.utils.io import write_json
 
@@ -62,7 +62,7 @@ Auto = Literal["auto"]
 
 
 @dataclass(frozen=True)
-class LossConfig(DictConfig):
+class GanLossConfig(DictConfig):
     """StyleGAN2 loss and its lazy regularisation (§2.2-2.3)."""
 
     r1_gamma: float | Auto = AUTO                   # R1 weight gamma (auto: 0.0002 res^2 / batch)
@@ -83,7 +83,7 @@ class LossConfig(DictConfig):
 
 
 @dataclass(frozen=True)
-class OptimConfig(DictConfig):
+class GanOptimConfig(DictConfig):
     """Adam for G and D; lr and betas are adjusted for lazy regularisation (§2.2)."""
 
     lr: float | Auto = AUTO                         # learning rate of G and D (auto: 0.0025, 0.002 from 1024 px)
@@ -142,8 +142,8 @@ class GeneratorTrainConfig(DictConfig):
     discriminator: DiscriminatorConfig = field(default_factory=lambda: DiscriminatorConfig(
         num_fp16_res=4, conv_clamp=256))
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: GanLossConfig = field(default_factory=GanLossConfig)
+    optim: GanOptimConfig = field(default_factory=GanOptimConfig)
     ema: EmaConfig = field(default_factory=EmaConfig)
     init: InitConfig = field(default_factory=InitConfig)
     samples: SamplesConfig = field(default_factory=SamplesConfig)
@@ -305,7 +305,7 @@ class MixingGenerator(nn.Module):
         return self.G.synthesis(ws, fp16=self.fp16), ws
 
 
-def lazy_adam(params: Any, cfg: OptimConfig, reg_interval: int) -> torch.optim.Adam:
+def lazy_adam(params: Any, cfg: GanOptimConfig, reg_interval: int) -> torch.optim.Adam:
     """Adam with lr and betas scaled for a regulariser run every `reg_interval` iterations (§2.2)."""
     c = reg_interval / (reg_interval + 1)
     assert cfg.lr != AUTO
@@ -344,8 +344,6 @@ def read_init_source(path: str) -> InitSource:
     """An official ``.pkl``, a folder with ``G_ema/`` (+ ``G/``, ``D/``), or a single generator folder."""
     p = Path(path).expanduser()
     if p.suffix.lower() in (".pkl", ".pickle"):
-        from viscoin.stylegan.official import load_official
-
         nets = load_official(p)
         assert nets.G_ema is not None
         return InitSource(str(p), nets.G, nets.G_ema, nets.D, nets.augment_p)
@@ -432,7 +430,7 @@ def fake_grid(G: Generator, num: int) -> np.ndarray:
 
 
 class Fid:
-    """FID of a generator against the training images, with `viscoin.metrics.fid` (Inception features).
+    """FID of a generator against the training images, with `viscoin.utils.fid` (Inception features).
 
     `Fid.create` returns None (after one notice) when the standard Inception weights are not on
     this machine (torch hub cache) or torchmetrics is missing: nothing is ever downloaded.
@@ -445,8 +443,6 @@ class Fid:
 
     @staticmethod
     def create(num_images: int, device: torch.device, printer: Any = print) -> Fid | None:
-        from viscoin.metrics.fid import InceptionFeatures
-
         try:
             return Fid(InceptionFeatures().to(device).eval(), num_images)
         except (ImportError, FileNotFoundError) as exc:
@@ -455,8 +451,6 @@ class Fid:
 
     @torch.no_grad()
     def __call__(self, G: Generator, reals: torch.utils.data.Dataset, c_pool: torch.Tensor | None) -> float:
-        from viscoin.metrics.fid import fid_from_features
-
         dev = G.device
         if self.real is None:
             n = min(len(reals), self.num_images)
@@ -710,27 +704,3 @@ def train_generator(cfg: GeneratorTrainConfig, resume: bool = False) -> dict[str
                      f"{runner.out_dir / 'G_ema'} (use this one), G/, D/")
     runner.close()
     return out
-
-
-# ----------------------------------------------------------------------------------------------
-# Command line (wired into `viscoin generator train` by `viscoin.cli`)
-
-
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of `viscoin generator train`."""
-    from viscoin.training.config import add_run_arguments
-
-    add_run_arguments(parser, "generator", "init.source=ffhq.pkl augment.xflip=0.1")
-    parser.add_argument("--data", default=None, help="training image folder (sets data.root)")
-
-
-def run_train_command(args: argparse.Namespace) -> int:
-    """`viscoin generator train`: load the config (+ --data and overrides) and train."""
-    from viscoin.training.config import load_config
-
-    overrides = list(args.overrides)
-    if args.data is not None:
-        overrides.insert(0, f"data.root={json.dumps(str(args.data))}")  # JSON string: read back as-is by YAML
-    cfg = load_config(GeneratorTrainConfig, args.config, overrides, family="generator")
-    train_generator(cfg, resume=args.resume)  # prints its own summary (on the main process only)
-    return 0

@@ -20,6 +20,7 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
+from viscoin.data import DataConfig
 from viscoin.utils.config import ConfigError, DictConfig, config_from_dict, config_to_dict
 from viscoin.utils.io import atomic_path
 
@@ -63,15 +64,6 @@ def shipped_config_names(family: str) -> list[str]:
     if not root.is_dir():
         return []
     return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
-
-
-def add_run_arguments(parser: Any, family: str, example: str = "optim.lr=1e-3") -> None:
-    """The arguments every `... train` command shares: --config, --resume, KEY=VALUE overrides."""
-    names = ", ".join(shipped_config_names(family))
-    parser.add_argument("--config", required=True, help=f"YAML file, or a shipped config: {names}")
-    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in run.out_dir")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help=f"config overrides (dotted keys), e.g. {example}")
 
 
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
@@ -136,6 +128,23 @@ def load_config(
         key, value = parse_override(text)
         _set_dotted(data, key, value)
     return config_from_dict(cls, data, where)
+
+
+def data_config_with_overrides(
+    saved: dict[str, Any] | None,        # the data config saved with a checkpoint (a dict)
+    overrides: Sequence[str] = (),       # "data.KEY=VALUE" strings
+    where: str = "the checkpoint",       # what the saved config belongs to (for messages)
+) -> DataConfig:
+    """The data config a checkpoint was trained with, changed by ``data.KEY=VALUE`` overrides (e.g. the data moved)."""
+    data = dict(saved or {})
+    for text in overrides:
+        key, value = parse_override(text)
+        if not key.startswith("data."):
+            raise ConfigError(f"override {text!r}: only data.* settings can be changed here (e.g. data.root=/elsewhere)")
+        data[key[len("data."):]] = value
+    if not data:
+        raise ConfigError(f"{where} records no data config; give data.kind=... data.root=... data.resolution=...")
+    return config_from_dict(DataConfig, data, "data")
 
 
 def save_config_yaml(cfg: Any, path: str | os.PathLike) -> None:

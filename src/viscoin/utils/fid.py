@@ -1,4 +1,4 @@
-"""Fréchet distance between two image sets in a feature space (FID; ``method.md``, "Evaluation").
+"""Fréchet distance between two image sets in a feature space (FID; paper section 4.1 and appendix C.2).
 
 ``FD = ‖μ₁ − μ₂‖² + Tr(Σ₁ + Σ₂ − 2 (Σ₁ Σ₂)^{1/2})`` on the features' means and covariances, in
 float64, with scipy's matrix square root and the standard fallback of pytorch-fid / the TTUR code
@@ -13,8 +13,11 @@ next to the number:
   ``weights-inception-2015-12-05-6726825d.pth``, read from a given path or torch hub's cache
   (``torch.hub.get_dir()/checkpoints/``). viscoin never downloads: a missing file is an error
   that names it, where to put it, and the offline substitute.
-- ``"classifier"`` -> "classifier features": the pooled penultimate features of VisCoIN's own
-  classifier f (input of its final linear layer). Not comparable to published FIDs.
+- ``"classifier"`` -> "classifier features": the pooled penultimate features of the concept
+  model's own classifier f (input of its final linear layer), given as a function. Not comparable
+  to published FIDs.
+
+It sits in `viscoin.utils` because both the metrics and generator training use it.
 """
 
 from __future__ import annotations
@@ -22,12 +25,15 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
 import scipy.linalg
 import torch
 from torch import nn
+
+from viscoin.utils.weights import read_state_dict_file
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
@@ -122,8 +128,6 @@ class InceptionFeatures(FIDFeatures):
         except ImportError as exc:  # pragma: no cover - depends on the installation
             raise ImportError(f"FID with Inception features needs torchmetrics ({exc}): pip install "
                               "'torchmetrics[image]', or use --fid-features classifier") from exc
-        from viscoin.utils.weights import read_state_dict_file
-
         read_state_dict_file(file)  # weights_only check first: torch-fidelity itself unpickles freely
         self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
                                       feature_extractor_weights_path=str(file))
@@ -141,32 +145,28 @@ class ClassifierFeatures(FIDFeatures):
 
     label = "classifier features"
 
-    def __init__(self, classifier: nn.Module) -> None:
+    def __init__(
+        self,
+        embed: Callable[[torch.Tensor], torch.Tensor],   # images [N, 3, R, R] -> [N, D]: f's embedding
+    ) -> None:
         super().__init__()
-        self._f = [classifier]  # by reference: not a submodule
+        self._embed = embed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = self._f[0]
-        captured: list[torch.Tensor] = []
-        handle = f.net.fc.register_forward_hook(lambda _m, inp, _out: captured.append(inp[0]))
-        try:
-            with torch.no_grad():
-                f(x)
-        finally:
-            handle.remove()
-        return captured[0].flatten(1).float()
+        with torch.no_grad():
+            return self._embed(x).flatten(1).float()
 
 
 FIDKind = Literal["inception", "classifier"]
 
 
-def build_fid_features(kind: FIDKind, classifier: nn.Module | None = None,
+def build_fid_features(kind: FIDKind, embed: Callable[[torch.Tensor], torch.Tensor] | None = None,
                        inception_path: str | os.PathLike | None = None) -> FIDFeatures:
     """The FID feature extractor `kind`; its `label` says which one ran."""
     if kind == "inception":
         return InceptionFeatures(inception_path)
     if kind == "classifier":
-        if classifier is None:
-            raise ValueError("fid_features=classifier needs the classifier f")
-        return ClassifierFeatures(classifier)
+        if embed is None:
+            raise ValueError("fid_features=classifier needs the classifier f's embedding function")
+        return ClassifierFeatures(embed)
     raise ValueError(f"fid_features: expected 'inception' or 'classifier', got {kind!r}")

@@ -1,11 +1,12 @@
-"""The VisCoIN model: frozen classifier f and generator G around the trainable Ψ, Θ, Ω.
+"""The VisCoIN model: frozen classifier f and generator G around the trainable Ψ, Θ, Ω (paper section 3).
 
-    x --f--> taps --Ψ--> Φ(x), Φ'(x) --Θ--> g(x)           (interpretable prediction)
+    x --f--> taps --Ψ--> Φ(x), Φ'(x) --Θ--> g(x)           (interpretable prediction, eq. 1)
                               └----Ω--> w̄ + offsets --G--> x̃  (reconstruction, eq. 1)
 
 Only Ψ, Θ and Ω are submodules (so only they are trained, wrapped by DDP and checkpointed);
 f and G are held by reference, frozen, in eval mode, and follow the model's device. Images are in
-[-1, 1] everywhere: f normalises its own input, G outputs [-1, 1].
+[-1, 1] everywhere: f normalises its own input, G outputs [-1, 1]. VisCoIN obeys the concept-model
+contract (`viscoin.model.contract.ConceptModel`); `forward` is the training pass.
 
 A checkpoint is a folder (``viscoin.utils.checkpoint``, format tag ``viscoin.model``) holding Ψ, Θ,
 Ω, the config, and the paths and a SHA-256 fingerprint of the weights of f and G; loading it
@@ -14,17 +15,20 @@ against a different f or G is refused.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from viscoin.classifier.model import load_classifier
 from viscoin.model.concepts import CONCEPT_GRID, ConceptExtractor, ConceptPredictor, ConceptTranslator
+from viscoin.model.contract import ConceptModel, Encoding, checked_network, freeze, record_network, state_fingerprint
+from viscoin.stylegan.checkpoint import load_generator
+from viscoin.stylegan.generator import random_labels
 from viscoin.utils.checkpoint import load_checkpoint_tensors, read_checkpoint_folder_info, save_checkpoint_folder
 from viscoin.utils.config import ConfigError, DictConfig
 from viscoin.utils.io import CheckpointError, copy_named_tensors
@@ -52,18 +56,22 @@ class VisCoINConfig(DictConfig):
             raise ConfigError(f"model.dropout: expected in [0, 1), got {self.dropout}")
 
 
-def state_fingerprint(module: nn.Module) -> str:
-    """SHA-256 over a module's state dict (names, dtypes, shapes, bytes): identifies f and G by their weights."""
-    h = hashlib.sha256()
-    for name, t in module.state_dict().items():
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{list(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+class TrainingPass(NamedTuple):
+    """Everything one training step needs from one forward pass (`VisCoIN.forward`)."""
+
+    phi: torch.Tensor                    # Φ(x) [N, K, 3, 3]
+    support: torch.Tensor | None         # Φ'(x) [N, 9K] (None without the support branch)
+    logits_g: torch.Tensor               # g's logits [N, C] (Θ's dropout active in training mode)
+    offsets: torch.Tensor                # Ω(Φ, Φ') [N, num_ws, w_dim]
+    x_rec: torch.Tensor                  # x̃ = G(w̄ + offsets) [N, 3, R, R]
+    feats: dict[str, torch.Tensor]       # f's taps and logits of x (no gradients)
+    feats_rec: dict[str, torch.Tensor]   # f's taps and logits of x̃ (gradients flow to Ω)
 
 
-class VisCoIN(nn.Module):
+class VisCoIN(ConceptModel):
     """VisCoIN around a frozen classifier and generator. Inputs are images in [-1, 1], [N, 3, R, R]."""
+
+    family = "VisCoIN"
 
     def __init__(
         self,
@@ -72,14 +80,10 @@ class VisCoIN(nn.Module):
         generator: nn.Module,        # G: viscoin.stylegan.Generator (frozen here)
         resolution: int,             # input resolution of f (the data resolution)
     ) -> None:
-        super().__init__()
+        super().__init__(classifier, resolution)
         self.config = config
-        self.resolution = resolution
-        # Held by reference: not submodules, so never trained, DDP-wrapped or saved with Ψ, Θ, Ω.
-        object.__setattr__(self, "f", _freeze(classifier))
-        object.__setattr__(self, "G", _freeze(generator))
+        object.__setattr__(self, "G", freeze(generator))   # by reference, like f
         tap_shapes = classifier.tap_shapes(resolution)
-        self.num_classes = classifier.num_classes
         self.num_ws, self.w_dim = generator.num_ws, generator.w_dim
         self.psi = ConceptExtractor(tap_shapes, config.num_concepts, config.adapter_channels, config.use_support)
         self.theta = ConceptPredictor(config.num_concepts, self.num_classes, config.dropout)
@@ -87,24 +91,29 @@ class VisCoIN(nn.Module):
             config.num_concepts, self.num_ws, self.w_dim, config.use_support, config.support_first, config.support_last
         )
 
-    # -- f and G follow the model ---------------------------------------------------------------
     def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> VisCoIN:
-        super()._apply(fn, *args, **kwargs)
-        self.f._apply(fn, *args, **kwargs)
+        super()._apply(fn, *args, **kwargs)   # Ψ, Θ, Ω and f
         self.G._apply(fn, *args, **kwargs)
         return self
+
+    @property
+    def num_concepts(self) -> int:
+        return self.config.num_concepts
 
     @property
     def w_avg(self) -> torch.Tensor:
         """G's frozen average latent w̄ [w_dim]."""
         return self.G.w_avg
 
-    # -- checks -------------------------------------------------------------------------------------
-    def _check_images(self, x: torch.Tensor) -> None:
-        if x.ndim != 4 or x.shape[1] != 3 or x.shape[2] != self.resolution or x.shape[3] != self.resolution:
-            raise ValueError(f"x: expected images [N, 3, {self.resolution}, {self.resolution}] in [-1, 1], "
-                             f"got {list(x.shape)}")
+    def describe(self) -> dict[str, str]:
+        return {**super().describe(), "support branch Φ'": str(self.config.use_support),
+                "generator": f"StyleGAN2 {self.G.img_resolution}×{self.G.img_resolution}, {self.num_ws} W+ vectors"}
 
+    def generator_fingerprint(self) -> str:
+        """SHA-256 of G's weights."""
+        return state_fingerprint(self.G)
+
+    # -- checks -------------------------------------------------------------------------------------
     def _check_concepts(self, phi: torch.Tensor, support: torch.Tensor | None) -> None:
         k = self.config.num_concepts
         if phi.ndim != 4 or phi.shape[1:] != (k, CONCEPT_GRID, CONCEPT_GRID):
@@ -114,69 +123,69 @@ class VisCoIN(nn.Module):
                 raise ValueError(f"Φ': expected [{phi.shape[0]}, {9 * k}], got "
                                  f"{None if support is None else list(support.shape)}")
 
-    # -- the public API -----------------------------------------------------------------------------
-    def concepts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Φ(x) [N, K, 3, 3] (non-negative) and Φ'(x) [N, 9K] (None without support branch)."""
-        self._check_images(x)
+    # -- the contract -------------------------------------------------------------------------------
+    def encode(self, x: torch.Tensor) -> Encoding:
+        """f(x), Φ(x) [N, K, 3, 3] (non-negative), Φ'(x) [N, 9K] (None without support branch), g's logits."""
+        self.check_images(x)
         with torch.no_grad():
             taps = self.f.features(x)
-        return self.psi(taps)
+        phi, support = self.psi(taps)
+        return Encoding(taps["logits"], phi, support, self.theta(phi))
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of the interpretable classifier g [N, C]."""
-        return self.theta(self.concepts(x)[0])
+    def predictor_weights(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.theta.linear.weight, self.theta.linear.bias
 
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """g(x) = softmax(Wᵀ maxpool(Φ(x))): class probabilities [N, C]."""
-        return self.logits(x).softmax(dim=1)
+    def pool(self, phi: torch.Tensor) -> torch.Tensor:
+        return self.theta.pool(phi)
 
+    def predict_from(self, phi: torch.Tensor) -> torch.Tensor:
+        """Θ's logits from concept maps (its dropout acts in training mode only)."""
+        return self.theta(phi)
+
+    def decode(self, phi: torch.Tensor, support: torch.Tensor | None) -> torch.Tensor:
+        """G(w̄ + Ω(Φ, Φ')) with constant noise, at f's resolution [N, 3, R, R]."""
+        return self.synthesize(self.latents(phi, support))
+
+    # -- VisCoIN's own --------------------------------------------------------------------------------
     def latents(self, phi: torch.Tensor, support: torch.Tensor | None) -> torch.Tensor:
         """W+ latents w̄ + Ω(Φ, Φ') [N, num_ws, w_dim]."""
         self._check_concepts(phi, support)
         return self.w_avg + self.omega(phi, support)
 
     def generate(self, phi: torch.Tensor, support: torch.Tensor | None) -> torch.Tensor:
-        """G(w̄ + Ω(Φ, Φ')) with constant noise, at f's resolution [N, 3, R, R]."""
-        return self._synthesize(self.latents(phi, support))
+        """G(w̄ + Ω(Φ, Φ')): the same as `decode`."""
+        return self.decode(phi, support)
 
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """x̃ = G(w̄ + Ω(Φ(x), Φ'(x))) (eq. 1)."""
-        return self.generate(*self.concepts(x))
-
-    def _synthesize(self, ws: torch.Tensor) -> torch.Tensor:
+    def synthesize(self, ws: torch.Tensor) -> torch.Tensor:
+        """G's image of W+ latents [N, num_ws, w_dim] with constant noise, resized to f's resolution [N, 3, R, R]."""
         img = self.G.synthesis(ws, noise_mode="const")
         if img.shape[-1] != self.resolution:
             img = F.interpolate(img, size=(self.resolution, self.resolution), mode="bilinear",
                                 align_corners=False, antialias=img.shape[-1] > self.resolution)
         return img
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    @torch.no_grad()
+    def sample_images(self, n: int, device: torch.device | str) -> torch.Tensor:
+        """n images G(mapping(z, c)), z ~ N(0, I), c a uniform class when G is conditional, truncation 1
+        (the synthetic half of a training batch, method section 3.4) [n, 3, R, R]."""
+        z = torch.randn(n, self.G.z_dim, device=device)
+        c = random_labels(self.G.c_dim, n, device)     # None unless G is conditional
+        return self.synthesize(self.G.map(z, c, truncation_psi=1.0))
+
+    def orthogonality_loss(self) -> torch.Tensor:
+        """L_orth of Ψ's concept convolution (eq. 5)."""
+        return self.psi.orthogonality_loss()
+
+    def forward(self, x: torch.Tensor) -> TrainingPass:
         """Everything one training step needs, in one pass (so DDP sees a single forward)."""
-        self._check_images(x)
+        self.check_images(x)
         with torch.no_grad():
             feats = self.f.features(x)                       # f(x): targets, and Ψ's inputs
         phi, support = self.psi(feats)
         offsets = self.omega(phi, support)                  # [N, num_ws, w_dim]
-        x_rec = self._synthesize(self.w_avg + offsets)      # gradients flow through G into Ω
+        x_rec = self.synthesize(self.w_avg + offsets)       # gradients flow through G into Ω
         feats_rec = self.f.features(x_rec)                  # with gradients through f (γ term)
-        return {
-            "phi": phi,
-            "support": support if support is not None else phi.new_zeros(0),
-            "logits_g": self.theta(phi),
-            "offsets": offsets,
-            "x_rec": x_rec,
-            "feats": feats,
-            "feats_rec": feats_rec,
-        }
-
-
-def _freeze(module: nn.Module) -> nn.Module:
-    """Eval mode, no gradients for its parameters (gradients still flow through it)."""
-    if hasattr(module, "freeze"):
-        module.freeze()
-    module.eval()
-    module.requires_grad_(False)
-    return module
+        return TrainingPass(phi, support, self.theta(phi), offsets, x_rec, feats, feats_rec)
 
 
 # -- checkpoints -------------------------------------------------------------------------------------
@@ -190,15 +199,8 @@ def save_viscoin(
     extra: dict[str, Any] | None = None,
 ) -> Path:
     """Save Ψ, Θ, Ω with the config and the identity (paths, SHA-256 of the weights) of f and G."""
-    from viscoin.pretrained import is_pretrained_name
-
-    def record(path: str | os.PathLike) -> str:  # shipped networks keep their name (valid if the package moves)
-        return str(path) if is_pretrained_name(path) else str(Path(path).resolve())
-
-    source = {
-        "classifier": {"path": record(classifier_path), "state_sha256": state_fingerprint(model.f)},
-        "generator": {"path": record(generator_path), "state_sha256": state_fingerprint(model.G)},
-    }
+    source = {"classifier": record_network(classifier_path, model.f),
+              "generator": record_network(generator_path, model.G)}
     config = {"model": model.config.to_dict(), "resolution": model.resolution}
     return save_checkpoint_folder(out_dir, FORMAT, "viscoin", config, model.state_dict(), source=source, extra=extra)
 
@@ -214,23 +216,10 @@ def load_viscoin(
     device: str | torch.device = "cpu",
 ) -> VisCoIN:
     """Load a VisCoIN checkpoint; refuses an f or G whose weights differ from those it was trained with."""
-    from viscoin.classifier.model import load_classifier
-    from viscoin.pretrained import resolve
-    from viscoin.stylegan.checkpoint import load_generator
-
     info = read_viscoin_info(path)
     src = info.get("source", {})
-    if classifier is None:
-        classifier = load_classifier(resolve(src["classifier"]["path"]))
-    if generator is None:
-        generator = load_generator(resolve(src["generator"]["path"]))
-    for name, module in (("classifier", classifier), ("generator", generator)):
-        expected = src.get(name, {}).get("state_sha256")
-        if expected is not None and state_fingerprint(module) != expected:
-            raise CheckpointError(
-                f"{path}: was trained with a different {name} (weights SHA-256 {expected[:12]}…, "
-                f"recorded path {src[name].get('path')}); the {name} given has other weights"
-            )
+    classifier = checked_network(path, src, "classifier", classifier, load_classifier)
+    generator = checked_network(path, src, "generator", generator, load_generator)
     cfg = info["config"]
     try:
         model_cfg = VisCoINConfig.from_dict(cfg["model"], where=f"{path}: config.model")

@@ -19,33 +19,27 @@ Steps (each prints a line and shows a progress bar):
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from viscoin.data import build_dataset
+from viscoin.metrics.evaluate import EvaluateConfig, evaluate_checkpoint, markdown_tables
+from viscoin.model.train import VisCoINTrainConfig, train_viscoin
+from viscoin.pretrained import resolve
+from viscoin.report.html import write_report
+from viscoin.training.config import load_config
+from viscoin.training.state import latest_checkpoint
+from viscoin.utils.fid import inception_cache_path
+from viscoin.utils.io import write_json
+
 DEFAULT_OUT = Path("viscoin-demo")
-
-
-def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="changes to the training config, e.g. iterations=200 model.num_concepts=24")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
-    parser.add_argument("--config", default="demo", help="training config: a shipped name or a YAML file "
-                        "(default: demo)")
-    parser.add_argument("--fresh", action="store_true", help="train again even if OUT holds a finished model")
-    parser.add_argument("--max-train", type=int, default=2400,
-                        help="training images used by the metrics (seeded subset; 0: all; default: 2400)")
-    parser.add_argument("--n-faithfulness", type=int, default=1000, help="test images for faithfulness (default: 1000)")
-    parser.add_argument("--consistency-samples", type=int, default=50,
-                        help="samples per set and concept for consistency (default: 50)")
 
 
 def _fid_features() -> tuple[str, str | None]:
     """'inception' when its weights are available offline, else 'classifier' and why."""
-    from viscoin.metrics.fid import inception_cache_path
 
     file = inception_cache_path()
     if not file.is_file():
@@ -67,15 +61,6 @@ def run_demo(
     consistency_samples: int = 50,
 ) -> dict[str, Any]:
     """Run the demo into `out`; returns the evaluation (also written to ``out/evaluation.json``)."""
-    from viscoin.data import build_dataset
-    from viscoin.metrics.evaluate import EvaluateConfig, evaluate_checkpoint, markdown_tables
-    from viscoin.model.train import VisCoINTrainConfig, train_viscoin
-    from viscoin.pretrained import resolve
-    from viscoin.report.html import write_report
-    from viscoin.training.config import load_config
-    from viscoin.training.state import latest_checkpoint
-    from viscoin.utils.io import write_json
-
     start = time.perf_counter()
     out = Path(out)
     cfg = load_config(VisCoINTrainConfig, config, [*overrides, f"run.out_dir={out.as_posix()}"], family="viscoin")
@@ -141,9 +126,3 @@ def summary(result: dict[str, Any], index: Path, elapsed: float) -> str:
                          f"{100 * gt['visualisation']['correct']:.0f}%")
     lines.append(f"  report: {index.resolve()}  ({elapsed / 60:.1f} min)")
     return "\n".join(lines)
-
-
-def run_demo_command(args: argparse.Namespace) -> int:
-    run_demo(args.out, args.config, list(args.overrides), args.fresh, args.max_train, args.n_faithfulness,
-             args.consistency_samples)
-    return 0

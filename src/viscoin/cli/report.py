@@ -1,8 +1,4 @@
-"""`viscoin report CHECKPOINT`: write the static HTML report of a trained VisCoIN.
-
-Hooks for `viscoin.cli` (which owns the parser): `add_report_arguments(parser)` and
-`run_report_command(args) -> int`. User errors are raised as ValueError (or subclasses).
-"""
+"""`viscoin report CHECKPOINT`: the static HTML report (metrics, relevant class-concept pairs, figures)."""
 
 from __future__ import annotations
 
@@ -10,48 +6,20 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-
-def default_out_dir(checkpoint: Path) -> Path:
-    """CHECKPOINT/../report: next to the checkpoint, in its run folder."""
-    return Path(checkpoint).resolve().parent / "report"
-
-
-def read_metrics(path: Path) -> dict[str, Any]:
-    """A metrics JSON (`viscoin evaluate`); ValueError naming the file when it is missing or not a JSON object."""
-    from viscoin.utils.io import read_json
-
-    data = read_json(path, what="metrics file")
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object of metrics (from `viscoin evaluate`), got {type(data).__name__}")
-    return data
+from viscoin.cli.common import parse_lambdas
+from viscoin.metrics.evaluate import EvaluateConfig, evaluate_checkpoint
+from viscoin.report.html import default_metrics_file, default_out_dir, read_metrics, write_report
+from viscoin.utils.device import resolve_device
 
 
 def evaluate_metrics(checkpoint: Path, overrides: list[str], device: Any) -> dict[str, Any]:
     """`viscoin evaluate` with its default settings (`viscoin.metrics.evaluate.evaluate_checkpoint`)."""
-    from viscoin.metrics.evaluate import EvaluateConfig, evaluate_checkpoint
-
     return dict(evaluate_checkpoint(checkpoint, EvaluateConfig(), device, overrides))
-
-
-def default_metrics_file(checkpoint: Path) -> Path | None:
-    """``evaluation.json`` beside the checkpoint (where `viscoin evaluate` writes by default), if it
-    exists and was computed for this checkpoint."""
-    path = Path(checkpoint).resolve().parent / "evaluation.json"
-    if not path.is_file():
-        return None
-    try:
-        data = read_metrics(path)
-    except ValueError:
-        return None
-    recorded = data.get("checkpoint")  # as given to `viscoin evaluate`: may be relative to another folder
-    if recorded is not None and Path(recorded).is_absolute() and Path(recorded).resolve() != Path(checkpoint).resolve():
-        return None
-    return path
 
 
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `viscoin report` on a (sub)parser."""
-    parser.add_argument("checkpoint", type=Path, help="VisCoIN folder written by `viscoin train` (RUN/viscoin)")
+    parser.add_argument("checkpoint", type=Path, help="concept-model folder written by a trainer (RUN/viscoin)")
     parser.add_argument("overrides", nargs="*", metavar="data.KEY=VALUE",
                         help="changes to the data config saved with the model, e.g. data.root=/elsewhere")
     parser.add_argument("--out", type=Path, default=None, help="report folder (default: CHECKPOINT/../report)")
@@ -67,10 +35,6 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_report_command(args: argparse.Namespace) -> int:
     """Run `viscoin report`; prints where the report is."""
-    from viscoin.utils.device import resolve_device
-    from viscoin.interpret.cli import parse_lambdas
-    from viscoin.report.html import write_report
-
     if args.metrics is not None and args.evaluate:
         raise ValueError("give either --metrics FILE or --evaluate, not both")
     if args.pairs < 1 or args.samples < 1:
@@ -92,3 +56,10 @@ def run_report_command(args: argparse.Namespace) -> int:
                          batch_size=args.batch_size, metrics_source=source)
     print(f"wrote {index} (open it in a browser; figures in {index.parent / 'figures'})")
     return 0
+
+
+def register(sub: Any) -> None:
+    """Add `viscoin report` to the top-level subparsers."""
+    p = sub.add_parser("report", help="static HTML report: metrics, relevant class-concept pairs, figures")
+    add_report_arguments(p)
+    p.set_defaults(func=run_report_command)

@@ -16,18 +16,15 @@ one image). The page works without any network: Gradio's analytics and version c
 fonts are the system's, nothing is fetched from a CDN, there is no share link. Every request is
 guarded: a bad upload or a failing request shows its error in the page and the server goes on.
 
-Hooks for `viscoin.cli` (which owns the parser): `add_explore_arguments(parser)` and
-`run_explore_command(args) -> int`. Gradio is the optional extra ``viscoin[app]``, imported only here.
+The command `viscoin explore` (`viscoin.cli.explore`) builds it. Gradio is the optional extra
+``viscoin[app]``, imported only here, when the app is built.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
-import ipaddress
 import os
 import sys
-import threading
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -36,10 +33,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from viscoin.apps.explorer import DEFAULT_MAX_UPLOAD_MB, LAMBDA_MAX, ConceptExplorer, Edit, Selection
-from viscoin.interpret.concepts import DEFAULT_LAMBDAS
+from viscoin.apps.explorer import LAMBDA_MAX, ConceptExplorer, Edit, Selection
+from viscoin.interpret.explainer import DEFAULT_LAMBDAS
+from viscoin.interpret.plot import difference_rgb, image_rgb
 
-DEFAULT_CHECKPOINT = Path("viscoin-demo") / "viscoin"    # where `viscoin demo` writes its model
 DIFF_FLOOR = 0.1          # a difference image is scaled by max(max |Δ|, this): tiny changes stay dark
 CSS = """
 #explore-status { min-height: 2.2em; }
@@ -75,8 +72,6 @@ def display_rgb(image: np.ndarray, size: int) -> np.ndarray:
 
 def difference_images(edit: Edit) -> tuple[np.ndarray, np.ndarray]:
     """What the edit adds and what it removes (paper appendix E), on one scale (see `DIFF_FLOOR`)."""
-    from viscoin.interpret.plot import difference_rgb
-
     scale = max(float(edit.difference.abs().max()), DIFF_FLOOR)
     return difference_rgb(edit.difference, scale), difference_rgb(-edit.difference, scale)
 
@@ -126,8 +121,6 @@ class ExploreApp:
     # -- helpers ----------------------------------------------------------------------------------
     def _rgb(self, img: torch.Tensor, size: int | None = None) -> np.ndarray:
         """An image [3, R, R] in [-1, 1] as displayed: uint8, magnified to about `size` (default: `display`)."""
-        from viscoin.interpret.plot import image_rgb
-
         return display_rgb(image_rgb(img), size or self.display)
 
     def _concept_choices(self, sel: Selection | None) -> list[tuple[str, int]]:
@@ -376,98 +369,3 @@ class ExploreApp:
             finally:
                 blocks.close()
         return url
-
-
-# ---------------------------------------------------------------------------------------------
-# The command
-
-
-def add_explore_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of `viscoin explore` on a (sub)parser."""
-    parser.add_argument("checkpoint", type=Path, nargs="?", default=None,
-                        help=f"VisCoIN folder: written by `viscoin demo` (default: {DEFAULT_CHECKPOINT}) "
-                             "or by `viscoin train` (RUN/viscoin)")
-    parser.add_argument("overrides", nargs="*", metavar="data.KEY=VALUE",
-                        help="changes to the data config saved with the model, e.g. data.root=/elsewhere")
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="address to serve on (default: 127.0.0.1, this machine only)")
-    parser.add_argument("--port", type=int, default=None, help="port (default: the first free one from 7860)")
-    parser.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB,
-                        help=f"largest accepted upload in MB (default: {DEFAULT_MAX_UPLOAD_MB:g})")
-    parser.add_argument("--gallery", type=int, default=48, help="test images in the gallery (default: 48)")
-    parser.add_argument("--slots", type=int, default=4, help="concepts that can be moved at once (default: 4)")
-    parser.add_argument("--samples", type=int, default=8,
-                        help="most activating samples on a concept page (default: 8)")
-    parser.add_argument("--lambdas", default="0,1,2,4",
-                        help="multipliers of a concept page's sweeps (default: 0,1,2,4)")
-    parser.add_argument("--open", action="store_true", help="open the page in the default browser")
-    parser.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', ... (default: auto)")
-
-
-def resolve_checkpoint(checkpoint: Path | None, overrides: list[str]) -> tuple[Path, list[str]]:
-    """The checkpoint to open (default: `viscoin demo`'s) and the data overrides.
-
-    `viscoin explore data.root=X` puts the override where argparse expects the checkpoint; it is
-    moved back. A missing default checkpoint is a one-line error saying what to do.
-    """
-    if checkpoint is not None and "=" in str(checkpoint) and not checkpoint.exists():
-        overrides, checkpoint = [str(checkpoint), *overrides], None
-    if checkpoint is None:
-        if not (DEFAULT_CHECKPOINT / "config.json").is_file():
-            raise FileNotFoundError(
-                f"no checkpoint given and there is no {DEFAULT_CHECKPOINT} here: run `viscoin demo` first, "
-                "or pass a checkpoint folder written by `viscoin train` (RUN/viscoin)")
-        checkpoint = DEFAULT_CHECKPOINT
-    return checkpoint, overrides
-
-
-def check_options(args: argparse.Namespace) -> None:
-    """Option values, each error naming its option."""
-    if args.port is not None and not 0 < args.port < 65536:
-        raise ValueError(f"--port: expected 1..65535, got {args.port}")
-    if not args.max_upload_mb > 0:
-        raise ValueError(f"--max-upload-mb: expected > 0, got {args.max_upload_mb}")
-    for name in ("gallery", "slots", "samples"):
-        if getattr(args, name) < (0 if name == "gallery" else 1):
-            raise ValueError(f"--{name}: expected >= {0 if name == 'gallery' else 1}, got {getattr(args, name)}")
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def run_explore_command(args: argparse.Namespace) -> int:
-    """Run `viscoin explore`: load the model and its data, serve the app until Ctrl-C."""
-    from viscoin.apps.explorer import load_explorer
-    from viscoin.utils.device import resolve_device
-    from viscoin.interpret.cli import parse_lambdas
-
-    check_options(args)
-    lambdas = parse_lambdas(args.lambdas)
-    checkpoint, overrides = resolve_checkpoint(args.checkpoint, list(args.overrides))
-    import_gradio()                              # fail early, before the model loads, when the extra is missing
-    device = resolve_device(args.device)
-    print(f"loading {checkpoint} ...", flush=True)
-    explorer = load_explorer(checkpoint, overrides, device=device, gallery_size=args.gallery,
-                             max_upload_mb=args.max_upload_mb)
-    if not is_loopback(args.host):
-        print(f"note: serving on {args.host}: other machines on the network can use the app", flush=True)
-    app = ExploreApp(explorer, slots=args.slots, samples=args.samples, lambdas=lambdas,
-                     title=f"Model: {checkpoint}")
-    threading.Thread(target=index_training_split, args=(explorer,), daemon=True).start()
-    app.launch(args.host, args.port, block=True, open_browser=args.open)
-    return 0
-
-
-def index_training_split(explorer: ConceptExplorer) -> None:
-    """Compute the concept pages' pass over the training split in the background, so that the first
-    page opens at once; an error here is printed and shown again by the page that needs it."""
-    try:
-        explorer.activations()
-    except Exception as exc:  # noqa: BLE001 (a background thread: report, never raise)
-        print(f"note: concept pages unavailable: {exc}", file=sys.stderr, flush=True)
