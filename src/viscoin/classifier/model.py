@@ -21,6 +21,8 @@ so ImageNet state dicts load into ``model.net`` by name (`viscoin.classifier.pre
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import os
 import re
 from collections.abc import Iterable
@@ -281,6 +283,18 @@ class Classifier(nn.Module):
         """
         found = self._run(x, self._tap_set)
         out = {name: found[name] for name in self.tap_names}
+        out[LOGITS] = found[LOGITS]
+        return out
+
+    def features_at(self, x: Tensor, taps: Sequence[str]) -> dict[str, Tensor]:
+        """Like `features`, for any taps (``"layer3"``, ``"layer4.1"``, ...; see `resolve_tap`): ``{tap: map, ..., "logits"}``."""
+        names = [resolve_tap(t, self.config.arch) for t in taps]
+        found = self._run(x, frozenset(names))
+        missing = [t for t in names if t not in found]
+        if missing:
+            raise ValueError(f"taps {missing}: not taps of a {self.config.arch} (blocks per stage: "
+                             f"{ARCH_BLOCKS.get(self.config.arch)})")
+        out = {name: found[name] for name in names}
         out[LOGITS] = found[LOGITS]
         return out
 

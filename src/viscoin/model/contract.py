@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
@@ -155,9 +155,10 @@ class ConceptModel(nn.Module, ABC):
         """f's logits [N, C] of any images in [-1, 1] (e.g. decoded ones); differentiable w.r.t. x."""
         return self.f(x)
 
-    def classifier_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """f's taps and logits from one pass: ``{tap: [N, C_t, H_t, W_t], ..., "logits": [N, C]}``."""
-        return self.f.features(x)
+    def classifier_features(self, x: torch.Tensor, taps: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        """f's taps (default: those f was configured with) and logits from one pass:
+        ``{tap: [N, C_t, H_t, W_t], ..., "logits": [N, C]}``."""
+        return self.f.features(x) if taps is None else self.f.features_at(x, taps)
 
     def classifier_stage(self, x: torch.Tensor, stage: str) -> torch.Tensor:
         """Output of f's ResNet stage `stage` (e.g. ``"layer2"``) [N, C_s, H_s, W_s]."""
