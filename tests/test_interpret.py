@@ -1,5 +1,5 @@
 """viscoin.interpret: relevance on a hand-built Θ, top concepts, most activating samples, λ sweeps,
-difference images, and the `viscoin explain` figure (method page, "Interpretation (section 3.5)")."""
+difference images, and the `viscoin explain` figure (paper section 3.5, appendix E)."""
 
 from __future__ import annotations
 

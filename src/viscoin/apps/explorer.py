@@ -1,7 +1,7 @@
 """The model side of `viscoin explore`: pick an image, move its concepts, read a concept's page.
 
 VisCoIN's promise is an intuitive, interactive understanding of concepts (paper section 3.5 and
-figure 4; method page, "Interpretation"): scale the activation ``φ_j(x)`` of concept j by λ, keep
+figure 4): scale the activation ``φ_j(x)`` of concept j by λ, keep
 every other activation, ``Φ'(x)`` and G's noise fixed, and watch ``G(w̄ + Ω(Φ_λ(x), Φ'(x)))``
 change. `ConceptExplorer` serves exactly that to an app, fast enough for a slider:
 

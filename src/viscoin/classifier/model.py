@@ -1,13 +1,13 @@
-"""The classifier `f` of VisCoIN (method.md, "Parts"): a torchvision ResNet with a new head.
+"""The classifier `f` of VisCoIN (paper section 3.1): a torchvision ResNet with a new head.
 
 `f` is an ImageNet-initialised ResNet (ResNet50 in the paper, any of ResNet18/34/50/101/152
-here) fine-tuned on the task (method.md, "Pretraining"), then frozen while Ψ, Θ and Ω train.
+here) fine-tuned on the task (paper appendix B.2), then frozen while Ψ, Θ and Ω train.
 Two conventions are fixed here so that the rest of viscoin cannot get them wrong:
 
 - inputs are images in [-1, 1] (the StyleGAN convention used everywhere in viscoin); the
   ImageNet input normalisation ``((x + 1) / 2 - mean) / std`` happens *inside* the module
-  (method.md, "Losses": known pitfall of public ports);
-- Ψ reads hidden layers of `f` (method.md, "Ψ"): the output of ``layer2``, of ``layer3`` and of
+  (a known pitfall of public ports);
+- Ψ reads hidden layers of `f` (paper appendix B.1.1): the output of ``layer2``, of ``layer3`` and of
   the penultimate block of ``layer4``. These are named *taps*; `Classifier.features` returns
   them together with the logits from one forward pass (no hooks).
 
@@ -323,7 +323,7 @@ class Classifier(nn.Module):
         Computed analytically: the stem (stride-2 conv, stride-2 max-pool) and the first block of
         layer2, layer3 and layer4 each map a side s to ``(s - 1) // 2 + 1``; every block of a stage
         has the stage's output size. ResNet50 at 256: layer2 (512, 32, 32), layer3 (1024, 16, 16),
-        layer4.1 (2048, 8, 8) (method.md, "Ψ").
+        layer4.1 (2048, 8, 8) (paper appendix B.1.1).
         """
         if isinstance(resolution, int):
             resolution = (resolution, resolution)
@@ -359,7 +359,7 @@ class Classifier(nn.Module):
         return self._frozen
 
     def freeze(self) -> Classifier:
-        """Freeze `f` as VisCoIN uses it (method.md, "Parts"): eval mode, ``requires_grad=False``.
+        """Freeze `f` as VisCoIN uses it (paper section 3.1): eval mode, ``requires_grad=False``.
 
         While frozen, ``train()`` (for example from a parent module) leaves it in eval mode, so its
         BatchNorm statistics never change; gradients still flow through it to its input.

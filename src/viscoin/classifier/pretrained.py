@@ -1,4 +1,4 @@
-"""ImageNet initialisation of the classifier (method.md, "Pretraining": `f` is an
+"""ImageNet initialisation of the classifier (paper appendix B.2: `f` is an
 ImageNet-initialised ResNet fine-tuned on the task) -- from local files only.
 
 viscoin never downloads: the weights come from ``classifier.weights_path`` (a ``.pth`` read with

@@ -1,7 +1,7 @@
 """Figures for interpretation, drawn with PIL only (no matplotlib): labelled image grids.
 
 - images in [-1, 1] are shown as they are;
-- a difference image ``a − b`` (method page, "Interpretation"; paper appendix E) is shown as
+- a difference image ``a − b`` (paper section 3.5, appendix E) is shown as
   its positive part in colour on black: where, and in which colour, image a has more than b.
   The reverse difference ``b − a`` shows the other half; both of one row share one scale;
 - the per-pixel difference energy ``Σ_c (a − b)²`` is shown as a heat map (black, red, yellow, white);

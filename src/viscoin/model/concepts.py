@@ -1,6 +1,6 @@
 """VisCoIN's trainable parts: the concept extractor Ψ, the predictor Θ and the concept translator Ω.
 
-Shapes follow ``shared/docs/method.md`` ("Parts", "Ψ", "Ω and the reconstruction"); every size is
+Shapes follow the paper (section 3.2, appendix B.1.1: Ψ, Θ, Ω and the reconstruction); every size is
 derived from the classifier's taps and the input resolution, never fixed to ResNet50 at 256x256.
 In dependency order: `TapAdapter` -> `ConceptExtractor` (Ψ) -> `ConceptPredictor` (Θ) ->
 `ConceptTranslator` (Ω).

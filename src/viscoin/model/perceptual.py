@@ -1,4 +1,4 @@
-"""The perceptual term of VisCoIN's reconstruction loss (method.md, "Losses": ``β · LPIPS(x, x̃)``).
+"""The perceptual term of VisCoIN's reconstruction loss (paper eq. 3: ``β · LPIPS(x, x̃)``).
 
 Two interchangeable distances, both taking images in [-1, 1] (``[N, 3, H, W]``) and giving one
 distance per sample (``[N]``), differentiable with respect to both inputs:

@@ -1,7 +1,7 @@
 """Adaptive discriminator augmentation (ADA, Karras et al. 2020) for StyleGAN2 training.
 
-Clean-room, from ``shared/docs/stylegan2-ada-training.md`` §3, following its "faithful subset"
-(§3.5): the twelve 'bgc' augmentations, each decided independently per sample with probability
+Clean-room, from the ADA paper (Karras et al., NeurIPS 2020, section 2 and appendix B), a
+faithful subset of it: the twelve 'bgc' augmentations, each decided independently per sample with probability
 ``mult * p`` and the identity when not chosen, differentiable in the images, applied to every
 image the discriminator sees (reals and fakes, G and D steps, R1 through it).
 

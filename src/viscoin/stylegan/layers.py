@@ -3,7 +3,7 @@
 Equalised learning rate (Karras et al. 2018): weights are stored N(0, 1) / lr_multiplier and
 scaled at run time by lr_multiplier / sqrt(fan_in). Parameter and buffer names, and their
 order, match the official networks' state dicts so that official checkpoints copy over by name
-(``shared/docs/stylegan2-ada-format.md`` §2, ``stylegan2-ada-training.md`` §1.7).
+(the official stylegan2-ada-pytorch networks of Karras et al., NeurIPS 2020; `viscoin.stylegan.official`).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Functional building blocks of StyleGAN2, in plain PyTorch (no custom CUDA kernels).
 
 Each op follows the operation order of the official reference path, so that results agree
-with it bit for bit on the CPU in float32 (``shared/docs/stylegan2-ada-format.md`` §3;
-re-ordering moves results by float32 rounding only, §3.12). All ops are differentiable.
+with it bit for bit on the CPU in float32 (tests/test_generator.py checks this against golden
+outputs of the official code; re-ordering moves results by float32 rounding only). All ops are
+differentiable.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
     viscoin generator train --config cub --data /data/CUB_200_2011 init.source=imagenet.pkl run.out_dir=runs/g-cub \
         --resume
 
-StyleGAN2-ADA (Karras et al. 2020) written from ``shared/docs/stylegan2-ada-training.md`` §2-3:
+StyleGAN2-ADA (Karras et al., NeurIPS 2020; StyleGAN2: Karras et al., CVPR 2020), clean-room:
 non-saturating logistic loss, lazy R1 and path-length regularisation with the matching Adam
 settings, style mixing, the moving-average generator G_ema, ADA (`viscoin.stylegan.augment`) and
 the 'auto' configuration. Fine-tuning starts from an official ``.pkl`` or from one of our runs,
