@@ -22,7 +22,7 @@ from viscoin.stylegan import (
     load_network,
     save_network,
 )
-from viscoin.utils.io import CheckpointError
+from viscoin.utils.io import CheckpointError, sha256_file
 
 
 def tiny_generator() -> Generator:
@@ -120,11 +120,16 @@ def test_truncated_weights_are_detected(tmp_path):
     w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
     with pytest.raises(CheckpointError, match="SHA-256 does not match.*truncated"):
         load_network(tmp_path / "g")
-    # Without the recorded hash, the safetensors reader's error is wrapped and names the file.
+    # With the recorded hash updated, the safetensors reader's error is wrapped and names the file.
     info = json.loads((tmp_path / "g" / "config.json").read_text())
-    del info["weights_sha256"]
+    info["weights_sha256"] = sha256_file(w)
     (tmp_path / "g" / "config.json").write_text(json.dumps(info))
     with pytest.raises(CheckpointError, match=r"weights.safetensors: not a readable safetensors file"):
+        load_network(tmp_path / "g")
+    # Without a recorded hash, nothing is read: the check cannot be switched off by deleting it.
+    del info["weights_sha256"]
+    (tmp_path / "g" / "config.json").write_text(json.dumps(info))
+    with pytest.raises(CheckpointError, match=r'config.json: no "weights_sha256" recorded'):
         load_network(tmp_path / "g")
 
 
@@ -138,7 +143,7 @@ def _rewrite(tmp_path, mutate_tensors=None, mutate_info=None):
         t = load_file(str(src / "weights.safetensors"))
         mutate_tensors(t)
         save_file(t, str(src / "weights.safetensors"))
-        info.pop("weights_sha256")
+        info["weights_sha256"] = sha256_file(src / "weights.safetensors")
     if mutate_info:
         mutate_info(info)
     (src / "config.json").write_text(json.dumps(info))

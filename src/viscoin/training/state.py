@@ -11,12 +11,18 @@ Nested Python state (dicts with int keys, tuples, tensors) is split into JSON + 
 The folder is assembled under a temporary name and renamed into place; then ``latest.json`` (the
 pointer that `--resume` follows) is replaced atomically, and older checkpoints beyond
 `keep_last` are deleted. A run killed at any moment therefore finds a complete last checkpoint.
+
+Reading is strict: ``latest.json`` must name a ``step-NNNNNNNNN`` folder directly inside
+``checkpoints/`` whose step agrees with the pointer and with ``state.json``; ``state.json`` must
+record the SHA-256 of the tensor file, which must match; every floating-point tensor must be
+finite.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -28,7 +34,9 @@ import torch
 
 from viscoin.utils.io import (
     CheckpointError,
+    check_finite_tensors,
     load_tensors,
+    make_default_permissions,
     read_json,
     save_tensors,
     sha256_file,
@@ -38,6 +46,12 @@ from viscoin.utils.io import (
 STATE_FORMAT = "viscoin.train_state"
 STATE_VERSION = 1
 LATEST = "latest.json"
+_NAME_RE = re.compile(r"step-(\d{9,})")
+
+
+def checkpoint_name(step: int) -> str:
+    """Folder name of the checkpoint of `step`: ``step-000000123``."""
+    return f"step-{step:09d}"
 
 
 def encode_state(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
@@ -96,14 +110,15 @@ def save_train_state(
     """Write one training checkpoint atomically, point ``latest.json`` at it, prune old ones."""
     ckpt_root = Path(ckpt_root)
     ckpt_root.mkdir(parents=True, exist_ok=True)
-    name = f"step-{step:09d}"
+    name = checkpoint_name(step)
     final = ckpt_root / name
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=ckpt_root))
     try:
+        make_default_permissions(tmp)
         tensors: dict[str, torch.Tensor] = {}
         encoded = encode_state(state, "state", tensors)
         save_tensors(tmp / "state.safetensors", tensors)
-        (tmp / "config.yaml").write_text(config_yaml)
+        (tmp / "config.yaml").write_text(config_yaml)  # a plain write: the whole folder is renamed into place
         write_json(
             tmp / "state.json",
             {
@@ -130,29 +145,60 @@ def save_train_state(
     return final
 
 
+def _step_of_name(name: str) -> int | None:
+    match = _NAME_RE.fullmatch(name)
+    return int(match.group(1)) if match else None
+
+
 def latest_checkpoint(ckpt_root: str | os.PathLike) -> Path | None:
-    """The checkpoint folder ``latest.json`` points to, or None when the run has none."""
+    """The checkpoint folder ``latest.json`` points to, or None when the run has none.
+
+    The pointer must name a ``step-NNNNNNNNN`` folder directly inside `ckpt_root` (never a path
+    elsewhere) and its ``"step"`` must be that folder's step; otherwise a `CheckpointError`.
+    """
     ckpt_root = Path(ckpt_root)
     pointer = ckpt_root / LATEST
     if not pointer.is_file():
         return None
     info = read_json(pointer, "checkpoint pointer")
-    path = ckpt_root / str(info.get("checkpoint", ""))
+    name = info.get("checkpoint") if isinstance(info, dict) else None
+    step = _step_of_name(name) if isinstance(name, str) else None
+    if step is None:
+        raise CheckpointError(
+            f'{pointer}: "checkpoint" must name a step-NNNNNNNNN folder inside {ckpt_root}, got {name!r}'
+        )
+    if info.get("step") != step:
+        raise CheckpointError(f'{pointer}: "step" {info.get("step")!r} disagrees with the checkpoint {name}')
+    path = ckpt_root / name
     if not (path / "state.json").is_file():
         raise CheckpointError(f"{pointer} points to {path}, which is not a complete checkpoint")
     return path
 
 
 def load_train_state(path: str | os.PathLike) -> tuple[int, dict[str, Any]]:
-    """(step, nested state) of a training checkpoint folder, with the tensor file's hash checked."""
+    """(step, nested state) of a training checkpoint folder, with the tensor file's hash checked,
+    the step agreeing with the folder name, and every floating-point tensor finite."""
     path = Path(path)
-    info = read_json(path / "state.json", "training checkpoint")
+    state_json = path / "state.json"
+    info = read_json(state_json, "training checkpoint")
     if not isinstance(info, dict) or info.get("format") != STATE_FORMAT:
-        raise CheckpointError(f"{path / 'state.json'}: not a viscoin training checkpoint")
+        raise CheckpointError(f"{state_json}: not a viscoin training checkpoint")
     if info.get("format_version") != STATE_VERSION:
-        raise CheckpointError(f"{path / 'state.json'}: unsupported format_version {info.get('format_version')!r}")
+        raise CheckpointError(f"{state_json}: unsupported format_version {info.get('format_version')!r}")
+    step = info.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise CheckpointError(f'{state_json}: "step" must be an integer >= 0, got {step!r}')
+    named = _step_of_name(path.name)
+    if named is not None and named != step:
+        raise CheckpointError(f'{state_json}: "step" {step} disagrees with its folder name {path.name}')
+    expected_sha = info.get("tensors_sha256")
+    if not isinstance(expected_sha, str) or not expected_sha:
+        raise CheckpointError(
+            f'{state_json}: no "tensors_sha256" recorded, so state.safetensors cannot be checked; refused'
+        )
     tensor_file = path / "state.safetensors"
-    if not tensor_file.is_file() or sha256_file(tensor_file) != info.get("tensors_sha256"):
+    if not tensor_file.is_file() or sha256_file(tensor_file) != expected_sha:
         raise CheckpointError(f"{tensor_file}: missing or does not match the SHA-256 in state.json")
     tensors = load_tensors(tensor_file)
-    return int(info["step"]), decode_state(info["state"], tensors)
+    check_finite_tensors(tensors, str(tensor_file))
+    return step, decode_state(info["state"], tensors)

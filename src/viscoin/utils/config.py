@@ -2,12 +2,15 @@
 
 Every config in viscoin is a (possibly nested) dataclass. `config_from_dict` builds one from a
 plain dict and refuses unknown keys and values of the wrong type, naming the offending key;
-`config_to_dict` gives the plain dict back. Missing keys take the dataclass defaults.
+`config_to_dict` gives the plain dict back. Missing keys take the dataclass defaults. A float
+field accepts only finite numbers: NaN and ±infinity (YAML ``.nan``, ``.inf``, JSON ``NaN``, the
+strings ``nan`` / ``inf`` of an override) are refused with the key's name.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, TypeVar
@@ -102,7 +105,10 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
                 return _coerce(arg, value, where)
             except ConfigError as exc:
                 errors.append(str(exc))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} matches none of {tp}")
+        if len(errors) == 1:
+            raise ConfigError(errors[0])
+        reasons = "; ".join(e.removeprefix(f"{where}: ") for e in errors)
+        raise ConfigError(f"{where}: {value!r} matches none of {tp} ({reasons})")
     if origin is typing.Literal:
         if value not in args:
             raise ConfigError(f"{where}: expected one of {list(args)}, got {value!r}")
@@ -136,14 +142,22 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        number: float | None = None
         if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            try:
+                number = float(value)
+            except OverflowError:  # an integer beyond the float range
+                number = math.inf
+        if number is None:
             raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
+        if not math.isfinite(number):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")

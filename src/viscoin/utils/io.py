@@ -1,7 +1,9 @@
 """Safe file I/O: atomic writes, hashing, and safetensors/JSON reading with clear errors.
 
 Nothing here unpickles. A file is written to a temporary name in the same folder and renamed
-into place, so a crash never leaves a half-written file under the final name.
+into place, so a crash never leaves a half-written file under the final name; it gets the
+permissions a plain ``open(path, "w")`` would give (``0o666`` less the umask), not the ``0o600``
+of a temporary file.
 """
 
 from __future__ import annotations
@@ -22,9 +24,32 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing, unreadable, or does not match what is expected."""
 
 
+def current_umask() -> int:
+    """The process's umask (read from /proc on Linux; elsewhere set and restored at once)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def make_default_permissions(path: str | os.PathLike) -> None:
+    """Give a file made by `tempfile` (``0o600``, folders ``0o700``) the permissions of a plain
+    ``open()`` / ``mkdir()``: ``0o666`` / ``0o777`` less the umask."""
+    base = 0o777 if Path(path).is_dir() else 0o666
+    os.chmod(path, base & ~current_umask())
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; on success it is renamed to `path`, on error removed."""
+    """Yield a temporary path next to `path`; on success it is renamed to `path`, on error removed.
+
+    The temporary file gets the umask's permissions before the rename (see the module docstring).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -32,6 +57,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        make_default_permissions(tmp_path)
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
@@ -84,6 +110,18 @@ def load_tensors(path: str | os.PathLike, device: str | torch.device = "cpu") ->
         return load_file(str(path), device=str(device))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt?): {exc}") from exc
+
+
+def check_finite_tensors(tensors: Mapping[str, torch.Tensor], where: str) -> None:
+    """`CheckpointError` naming `where` and the first tensor that holds a NaN or an infinite value."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() or tensor.is_complex():
+            if not bool(torch.isfinite(tensor).all()):
+                bad = int((~torch.isfinite(tensor)).sum())
+                raise CheckpointError(
+                    f"{where}: tensor {name!r} holds {bad} NaN or infinite value(s) of {tensor.numel()}; "
+                    "the weights are corrupt (or the run that wrote them diverged)"
+                )
 
 
 def copy_named_tensors(module: torch.nn.Module, tensors: Mapping[str, torch.Tensor], where: str) -> None:

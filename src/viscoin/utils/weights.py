@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -55,18 +56,7 @@ def read_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         obj: Any = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, AttributeError) as exc:
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-        unsafe = next((ln for ln in lines if "Unsupported global" in ln), None)
-        if unsafe is not None:
-            raise CheckpointError(
-                f"{path}: holds objects other than tensors; refused (viscoin reads state dicts with "
-                f"torch.load(weights_only=True) only): {unsafe[:300]}"
-            ) from exc
-        detail = next((ln for ln in lines if "Unsupported" in ln), lines[0] if lines else repr(exc))
-        raise CheckpointError(
-            f"{path}: not a readable PyTorch state dict (truncated or corrupt?): "
-            f"{type(exc).__name__}: {detail[:300]}"
-        ) from exc
+        raise _load_error(path, exc) from exc
     if isinstance(obj, Mapping) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
         for key in ("state_dict", "model"):
             if isinstance(obj.get(key), Mapping):
@@ -82,3 +72,32 @@ def read_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if all(k.startswith("module.") for k in tensors):
         tensors = {k[len("module."):]: v for k, v in tensors.items()}
     return tensors
+
+
+# Lines of torch.load's errors that advise loading the file anyway (weights_only=False, allow-listing
+# its globals): never shown, since following them would run the file's code.
+_UNSAFE_ADVICE = re.compile(r"weights_only|safe_globals|trusted source|allowlist|file an issue|documentation of torch.load",
+                            re.IGNORECASE)
+
+
+def _load_error(path: Path, exc: BaseException) -> CheckpointError:
+    """The error of a ``.pth`` that ``torch.load(weights_only=True)`` refused, said plainly.
+
+    A file that asks for a Python global (a function or class to import and call) is refused as
+    what it is: loading it would execute code. Other failures are reported as an unreadable file.
+    torch's advice to retry with ``weights_only=False`` or to allow-list the global is left out.
+    """
+    text = str(exc)
+    wanted = re.search(r"GLOBAL\s+([\w.]+)", text)
+    if wanted is not None:
+        return CheckpointError(
+            f"{path}: refused: loading it would import and call {wanted.group(1)!r}, i.e. execute code from the "
+            "file; viscoin reads weight files as tensors only (a .safetensors file, or a .pth holding a state "
+            "dict of tensors)"
+        )
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not _UNSAFE_ADVICE.search(ln)]
+    detail = next((ln for ln in lines if "Unsupported" in ln), lines[0] if lines else type(exc).__name__)
+    return CheckpointError(
+        f"{path}: not a readable PyTorch state dict (truncated, corrupt, or not a state dict of tensors): "
+        f"{type(exc).__name__}: {detail[:300]}"
+    )
