@@ -21,6 +21,7 @@ from viscoin.utils.config import ConfigError
 from viscoin.utils.checkpoint import (
     CONFIG_NAME,
     WEIGHTS_NAME,
+    check_module_size,
     load_checkpoint_tensors,
     read_checkpoint_folder_info,
     save_checkpoint_folder,
@@ -77,6 +78,7 @@ def load_network(
         config = config_cls.from_dict(info.get("config"), where=f"{cfg_path}: config")
     except ConfigError as exc:
         raise CheckpointError(str(exc)) from exc
+    check_module_size(lambda: module_cls(config), f"{cfg_path}: config")
     tensors = load_checkpoint_tensors(info)
     module = module_cls(config)
     copy_named_tensors(module, tensors, where=str(Path(info["_dir"]) / WEIGHTS_NAME))

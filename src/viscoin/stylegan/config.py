@@ -5,6 +5,10 @@ The fields and defaults are those of the official networks' constructor argument
 ``stylegan2-ada-training.md`` §1.1), grouped into nested dataclasses instead of kwargs dicts.
 `*.from_official(init_kwargs)` reads the ``_init_kwargs`` stored in an official pickle,
 `*.to_official()` gives them back.
+
+Every dimension is checked against a sane upper bound (`MAX_RESOLUTION`, ...) when a config is
+made, so that a corrupt or hostile file cannot make viscoin allocate terabytes: the bounds are
+several times the largest official StyleGAN2-ADA networks.
 """
 
 from __future__ import annotations
@@ -17,20 +21,54 @@ from viscoin.utils.config import ConfigError, DictConfig, config_from_dict
 
 Activation = Literal["linear", "relu", "lrelu", "tanh", "sigmoid", "elu", "selu", "softplus", "swish"]
 
+# Upper bounds of the dimensions (official networks: 1024 px, 512 channels and features, 8 layers).
+MAX_RESOLUTION = 4096        # img_resolution
+MAX_IMG_CHANNELS = 16        # img_channels
+MAX_FEATURES = 8192          # z_dim, w_dim, feature widths of the FC layers, cmap_dim
+MAX_LABELS = 100_000         # c_dim (classes)
+MAX_LAYERS = 64              # FC layers of a mapping network, frozen D layers
+MAX_CHANNEL_BASE = 2**20     # channel_base (official: 16384 or 32768)
+MAX_CHANNELS = 4096          # channel_max (official: 512)
+MAX_KERNEL = 15              # convolution kernel size (official: 3)
+MAX_FILTER_TAPS = 16         # resampling filter taps (official: 4)
+MAX_FP16_RES = 16            # num_fp16_res
+MAX_MBSTD = 4096             # minibatch-stddev group size and channels
+
 
 def _check_resolution(res: int, name: str) -> None:
     if res < 4 or res & (res - 1) != 0:
         raise ConfigError(f"{name}: expected a power of two >= 4, got {res}")
+    if res > MAX_RESOLUTION:
+        raise ConfigError(f"{name}: expected a power of two <= {MAX_RESOLUTION}, got {res:,}")
 
 
-def _check_positive(value: int, name: str, allow_zero: bool = False) -> None:
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ConfigError(f"{name}: expected {'>= 0' if allow_zero else '> 0'}, got {value}")
+def _check_positive(value: int, name: str, allow_zero: bool = False, upper: int | None = None) -> None:
+    if value < 0 or (value == 0 and not allow_zero) or (upper is not None and value > upper):
+        low = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{name}: expected {low}{f' and <= {upper:,}' if upper is not None else ''}, got {value:,}")
+
+
+def _check_features(value: int | None, name: str) -> None:
+    if value is not None:
+        _check_positive(value, name, upper=MAX_FEATURES)
+
+
+def _check_gain(value: float, name: str) -> None:
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{name}: expected a finite number > 0, got {value}")
+
+
+def _check_clamp(value: float | None, name: str) -> None:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{name}: expected a finite number > 0 or null, got {value}")
 
 
 def _check_filter(taps: tuple[int | float, ...], name: str) -> None:
-    if len(taps) == 0 or sum(taps) == 0:
-        raise ConfigError(f"{name}: expected a non-empty filter with a non-zero sum, got {list(taps)}")
+    if not 0 < len(taps) <= MAX_FILTER_TAPS or not all(math.isfinite(t) for t in taps) or sum(taps) == 0:
+        raise ConfigError(
+            f"{name}: expected 1 to {MAX_FILTER_TAPS} finite taps with a non-zero sum, got {list(taps)[:MAX_FILTER_TAPS]}"
+            + (" ..." if len(taps) > MAX_FILTER_TAPS else "")
+        )
 
 
 @dataclass(frozen=True)
@@ -45,9 +83,12 @@ class MappingConfig:
     w_avg_beta: float | None = 0.995             # decay of the tracked average w (None: not tracked)
 
     def __post_init__(self) -> None:
-        _check_positive(self.num_layers, "mapping.num_layers")
-        if self.lr_multiplier <= 0:
-            raise ConfigError(f"mapping.lr_multiplier: expected > 0, got {self.lr_multiplier}")
+        _check_positive(self.num_layers, "mapping.num_layers", upper=MAX_LAYERS)
+        _check_features(self.embed_features, "mapping.embed_features")
+        _check_features(self.layer_features, "mapping.layer_features")
+        _check_gain(self.lr_multiplier, "mapping.lr_multiplier")
+        if self.w_avg_beta is not None and not 0 <= self.w_avg_beta <= 1:
+            raise ConfigError(f"mapping.w_avg_beta: expected a number in [0, 1] or null, got {self.w_avg_beta}")
 
 
 @dataclass(frozen=True)
@@ -66,11 +107,12 @@ class SynthesisConfig:
     activation: Activation = "lrelu"             # activation of the conv layers
 
     def __post_init__(self) -> None:
-        _check_positive(self.channel_base, "synthesis.channel_base")
-        _check_positive(self.channel_max, "synthesis.channel_max")
-        _check_positive(self.num_fp16_res, "synthesis.num_fp16_res", allow_zero=True)
-        _check_positive(self.kernel_size, "synthesis.kernel_size")
+        _check_positive(self.channel_base, "synthesis.channel_base", upper=MAX_CHANNEL_BASE)
+        _check_positive(self.channel_max, "synthesis.channel_max", upper=MAX_CHANNELS)
+        _check_positive(self.num_fp16_res, "synthesis.num_fp16_res", allow_zero=True, upper=MAX_FP16_RES)
+        _check_positive(self.kernel_size, "synthesis.kernel_size", upper=MAX_KERNEL)
         _check_filter(self.resample_filter, "synthesis.resample_filter")
+        _check_clamp(self.conv_clamp, "synthesis.conv_clamp")
 
 
 @dataclass(frozen=True)
@@ -87,10 +129,10 @@ class GeneratorConfig(DictConfig):
 
     def __post_init__(self) -> None:
         _check_resolution(self.img_resolution, "img_resolution")
-        _check_positive(self.z_dim, "z_dim", allow_zero=True)
-        _check_positive(self.c_dim, "c_dim", allow_zero=True)
-        _check_positive(self.w_dim, "w_dim")
-        _check_positive(self.img_channels, "img_channels")
+        _check_positive(self.z_dim, "z_dim", allow_zero=True, upper=MAX_FEATURES)
+        _check_positive(self.c_dim, "c_dim", allow_zero=True, upper=MAX_LABELS)
+        _check_positive(self.w_dim, "w_dim", upper=MAX_FEATURES)
+        _check_positive(self.img_channels, "img_channels", upper=MAX_IMG_CHANNELS)
         if self.z_dim == 0 and self.c_dim == 0:
             raise ConfigError("z_dim and c_dim: at least one must be > 0")
 
@@ -138,7 +180,7 @@ class DiscriminatorBlockConfig:
 
     def __post_init__(self) -> None:
         _check_filter(self.resample_filter, "block.resample_filter")
-        _check_positive(self.freeze_layers, "block.freeze_layers", allow_zero=True)
+        _check_positive(self.freeze_layers, "block.freeze_layers", allow_zero=True, upper=MAX_LAYERS)
 
 
 @dataclass(frozen=True)
@@ -152,7 +194,10 @@ class DiscriminatorMappingConfig:
     lr_multiplier: float = 0.01                  # equalised learning-rate multiplier
 
     def __post_init__(self) -> None:
-        _check_positive(self.num_layers, "mapping.num_layers", allow_zero=True)
+        _check_positive(self.num_layers, "mapping.num_layers", allow_zero=True, upper=MAX_LAYERS)
+        _check_features(self.embed_features, "mapping.embed_features")
+        _check_features(self.layer_features, "mapping.layer_features")
+        _check_gain(self.lr_multiplier, "mapping.lr_multiplier")
 
 
 @dataclass(frozen=True)
@@ -165,8 +210,8 @@ class EpilogueConfig:
 
     def __post_init__(self) -> None:
         if self.mbstd_group_size is not None:
-            _check_positive(self.mbstd_group_size, "epilogue.mbstd_group_size")
-        _check_positive(self.mbstd_num_channels, "epilogue.mbstd_num_channels", allow_zero=True)
+            _check_positive(self.mbstd_group_size, "epilogue.mbstd_group_size", upper=MAX_MBSTD)
+        _check_positive(self.mbstd_num_channels, "epilogue.mbstd_num_channels", allow_zero=True, upper=MAX_MBSTD)
 
 
 @dataclass(frozen=True)
@@ -188,11 +233,13 @@ class DiscriminatorConfig(DictConfig):
 
     def __post_init__(self) -> None:
         _check_resolution(self.img_resolution, "img_resolution")
-        _check_positive(self.c_dim, "c_dim", allow_zero=True)
-        _check_positive(self.img_channels, "img_channels")
-        _check_positive(self.channel_base, "channel_base")
-        _check_positive(self.channel_max, "channel_max")
-        _check_positive(self.num_fp16_res, "num_fp16_res", allow_zero=True)
+        _check_positive(self.c_dim, "c_dim", allow_zero=True, upper=MAX_LABELS)
+        _check_positive(self.img_channels, "img_channels", upper=MAX_IMG_CHANNELS)
+        _check_positive(self.channel_base, "channel_base", upper=MAX_CHANNEL_BASE)
+        _check_positive(self.channel_max, "channel_max", upper=MAX_CHANNELS)
+        _check_positive(self.num_fp16_res, "num_fp16_res", allow_zero=True, upper=MAX_FP16_RES)
+        _check_features(self.cmap_dim, "cmap_dim")
+        _check_clamp(self.conv_clamp, "conv_clamp")
 
     def channels(self, res: int) -> int:
         """Channel count at resolution `res`."""

@@ -18,6 +18,11 @@ or ``torch.load(weights_only=False)`` therefore runs arbitrary code. This module
   torch >= 2.4.
 * numpy scalars (``weight_gain``, ``act_gain``) become Python numbers through our own decoder of
   ``(dtype, raw bytes)``; numpy is not involved.
+* Nothing in the file can exhaust the machine: before unpickling, `scan_nesting` walks the opcodes
+  and refuses objects nested deeper than `MAX_NESTING` (a deep tuple would crash CPython when
+  hashed); after it, `check_object_graph` refuses a container that holds itself, nesting deeper
+  than `MAX_NESTING`, or shared containers that would grow past `MAX_EXPANDED` items when copied
+  (a 570-byte pickle of a list shared 40 levels deep is 2^40 items), all without recursion.
 
 On top of that, `flatten_state` rebuilds the official ``state_dict()`` names and order (§1.6 step 4),
 and `load_official` builds our own `Generator`/`Discriminator` from the stored init kwargs (§1.7,
@@ -32,6 +37,7 @@ import io
 import math
 import os
 import pickle
+import pickletools
 import re
 import struct
 import sys
@@ -44,6 +50,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 
 from viscoin.stylegan.config import DiscriminatorConfig, GeneratorConfig
+from viscoin.utils.checkpoint import check_module_size
 from viscoin.utils.config import ConfigError
 from viscoin.utils.io import copy_named_tensors  # strict copy by name (re-exported)
 
@@ -65,6 +72,8 @@ __all__ = [
 
 PERSISTENCE_VERSION = 6  # internal version of NVIDIA's persistence format (spec §1.2)
 _ALLOWED_PROTOCOLS = range(2, 6)
+MAX_NESTING = 100          # containers inside containers (an official snapshot has about 15 levels)
+MAX_EXPANDED = 1_000_000   # items of the whole pickle, a shared container counted wherever it occurs (~10^4 real)
 
 
 class OfficialPickleError(ValueError):
@@ -359,6 +368,120 @@ class RestrictedUnpickler(pickle.Unpickler):
 
 
 # ------------------------------------------------------------------------------------------------
+# Bounds on what a file may build
+# ------------------------------------------------------------------------------------------------
+
+# Opcodes that change the container below their arguments in place (the rest build a new object).
+_IN_PLACE = {"APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS", "BUILD"}
+_MEMO_PUT = {"PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"}
+_MEMO_GET = {"GET", "BINGET", "LONG_BINGET"}
+
+
+def scan_nesting(file: Any, where: str) -> None:
+    """Refuse a pickle stream that nests objects deeper than `MAX_NESTING`, before unpickling it.
+
+    A symbolic run of the pickle machine over `pickletools.genops` (nothing is built): each stack
+    entry is a cell holding the nesting height of the object it stands for; an opcode's result is
+    one level above the deepest entry it consumes, a memo entry shares its cell. Tuples and
+    frozensets (the objects CPython hashes recursively, with no depth limit) are measured exactly;
+    for containers filled after being nested, `check_object_graph` has the final word.
+    """
+    stack: list[list[int]] = []
+    marks: list[int] = []
+    memo: dict[int, list[int]] = {}
+    try:
+        for op, arg, _pos in pickletools.genops(file):
+            name = op.name
+            if name == "MARK":
+                marks.append(len(stack))
+                continue
+            if name in _MEMO_PUT:
+                memo[len(memo) if name == "MEMOIZE" else int(arg)] = stack[-1]
+                continue
+            if name in _MEMO_GET:
+                stack.append(memo[int(arg)])
+                continue
+            consumed: list[list[int]] = []
+            before = op.stack_before
+            if pickletools.markobject in before:
+                start = marks.pop()
+                consumed, stack[start:] = stack[start:], []
+                below = before.index(pickletools.markobject)
+            else:
+                below = len(before)
+            if below:
+                consumed, stack[-below:] = stack[-below:] + consumed, []
+            height = 1 + max((c[0] for c in consumed), default=-1)
+            if name in _IN_PLACE:                      # the container keeps its identity (memo sharing)
+                cell = consumed[0]
+                cell[0] = max(cell[0], height)
+            else:
+                cell = [height]
+            if cell[0] > MAX_NESTING:
+                raise OfficialPickleError(
+                    f"{where}: objects nested more than {MAX_NESTING} levels deep; refused (a StyleGAN2-ADA "
+                    "snapshot nests about 15 levels; the file is corrupt or hostile)"
+                )
+            stack.extend(cell for _ in op.stack_after)
+    except OfficialPickleError:
+        raise
+    except (ValueError, IndexError, KeyError, TypeError):  # a malformed stream: the unpickler will say why
+        return
+
+
+def _contents(obj: Any) -> Collection[Any] | None:
+    """The objects `obj` holds, or None for a leaf (tensor, number, string, bytes, ...)."""
+    if isinstance(obj, PersistentRecord):
+        return (obj.state,)
+    if isinstance(obj, dict):
+        return [x for item in obj.items() for x in item]
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return obj
+    return None
+
+
+def check_object_graph(root: Any, where: str) -> None:
+    """Refuse what recursive code could not handle: a container that holds itself, nesting deeper
+    than `MAX_NESTING`, or more than `MAX_EXPANDED` items once shared containers are counted at
+    every place they occur. Iterative, and linear in the number of distinct containers."""
+    size: dict[int, int] = {}        # id -> items below it, with multiplicity (itself included)
+    height: dict[int, int] = {}      # id -> containers on the longest path down from it
+    on_path: set[int] = set()
+
+    def refuse(why: str) -> OfficialPickleError:
+        return OfficialPickleError(f"{where}: {why}; refused (the file is corrupt or hostile)")
+
+    stack: list[list[Any]] = [[root, iter(_contents(root) or ()), 1, 0]]  # obj, children, size, child height
+    on_path.add(id(root))
+    while stack:
+        frame = stack[-1]
+        child = next(frame[1], stack)  # the stack itself marks the end (it is never an item)
+        if child is stack:
+            stack.pop()
+            on_path.discard(id(frame[0]))
+            size[id(frame[0])], height[id(frame[0])] = frame[2], frame[3] + 1
+            if stack:
+                stack[-1][2] += frame[2]
+                stack[-1][3] = max(stack[-1][3], frame[3] + 1)
+        elif _contents(child) is None:
+            frame[2] += 1
+        elif id(child) in on_path:
+            raise refuse("a container holds itself")
+        elif id(child) in size:
+            frame[2] += size[id(child)]
+            frame[3] = max(frame[3], height[id(child)])
+            if len(stack) + height[id(child)] > MAX_NESTING:
+                raise refuse(f"objects nested more than {MAX_NESTING} levels deep")
+        else:
+            if len(stack) >= MAX_NESTING:
+                raise refuse(f"objects nested more than {MAX_NESTING} levels deep")
+            on_path.add(id(child))
+            stack.append([child, iter(_contents(child) or ()), 1, 0])
+        if stack and stack[-1][2] > MAX_EXPANDED:
+            raise refuse(f"more than {MAX_EXPANDED:,} items once its shared containers are copied out")
+
+
+# ------------------------------------------------------------------------------------------------
 # Reading a file
 # ------------------------------------------------------------------------------------------------
 
@@ -381,7 +504,10 @@ def read_official_pickle(path: str | os.PathLike[str]) -> dict[str, Any]:
             )
         file.seek(0)
         try:
+            scan_nesting(file, str(path))
+            file.seek(0)
             result = RestrictedUnpickler(file, where=str(path)).load()
+            check_object_graph(result, str(path))
         except OfficialPickleError as exc:
             if str(path) in str(exc):
                 raise
@@ -624,6 +750,7 @@ def _discriminator_config(rec: PersistentRecord, where: str) -> DiscriminatorCon
 
 
 def _build(factory: Callable[[Any], nn.Module], cfg: Any, rec: PersistentRecord, where: str, device: Any) -> nn.Module:
+    check_module_size(lambda: factory(cfg), f"{where} init kwargs")
     module = factory(cfg)
     copy_named_tensors(module, flatten_state(rec), where)
     _check_module_attrs(rec, module, where)
