@@ -298,18 +298,17 @@ def test_corrupt_image(tmp_path):
     with pytest.raises(DatasetError, match=r"cannot read image .*img01\.png"):
         ds[1]
 
-    skip = build_dataset(DataConfig.from_dict({**cfg.to_dict(), "on_bad_image": "skip"}), "train")
-    with pytest.warns(BadImageWarning, match=r"img01\.png"):
-        item = skip[1, 3]
-    assert item["index"] == 2 and item["label"] == 0
-    assert torch.equal(item["image"], skip[2, 3]["image"])
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # warned once per file
-        assert skip[1]["index"] == 2
+    # Skip mode leaves the unreadable image out: the dataset counts (and evaluates) readable images only.
+    with pytest.warns(BadImageWarning, match=r"train split: left out 1 unreadable image\(s\) of 3 .*2 remain.*img01\.png"):
+        skip = build_dataset(DataConfig.from_dict({**cfg.to_dict(), "on_bad_image": "skip"}), "train")
+    assert len(skip) == 2 and skip.skipped == [bad] and skip.label_counts() == [2]
+    item = skip[1, 3]
+    assert item["index"] == 1 and item["label"] == 0
+    assert torch.equal(item["image"], ds[2, 3]["image"])
     truncated = tmp_path / "d" / "train" / "a" / "img02.png"
     truncated.write_bytes(truncated.read_bytes()[:60])
-    with pytest.warns(BadImageWarning, match=r"img02\.png"):
-        assert skip[1]["index"] == 0  # wraps around
+    with pytest.raises(DatasetError, match=r"img02\.png.*it was readable when the train split was read"):
+        skip[1]
     bad.unlink()
     with pytest.raises(DatasetError, match=r"cannot read image .*img01\.png"):
         ds[1]  # a missing file is unreadable too

@@ -54,7 +54,7 @@ class DataConfig(DictConfig):
     crop_scale: tuple[float, float] = (0.08, 1.0)       # random resized crop: area fraction range (train)
     crop_ratio: tuple[float, float] = (0.75, 4 / 3)     # random resized crop: aspect-ratio range (train)
     hflip: float = 0.5                                  # probability of a horizontal flip (train)
-    on_bad_image: Literal["error", "skip"] = "error"    # unreadable image: raise, or warn and use another sample
+    on_bad_image: Literal["error", "skip"] = "error"    # unreadable image: raise, or leave it out (decodes all once)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

@@ -13,6 +13,10 @@ attributes aligned with the samples. `ImageDataset` turns that into training sam
   from a `torch.Generator` seeded from the key (see `ImageDataset.__getitem__`), never from the
   global RNG, so a resumed run or any number of DataLoader workers sees exactly the same images.
 
+With ``on_bad_image="skip"`` every image is decoded once when the dataset is built and the
+unreadable ones are left out (one `BadImageWarning` gives their count and names them), so the
+dataset's length, its label counts and every metric computed over it count readable images only.
+
 Crop and resize happen in a single PIL ``resize(..., box=...)`` call (no intermediate image).
 PIL's filters then also read the source pixels just around the box. For the test transform
 this is torchvision's ``Resize(R)`` + ``CenterCrop(R)`` (which resize the whole image) to within
@@ -42,7 +46,11 @@ class DatasetError(ValueError):
 
 
 class BadImageWarning(UserWarning):
-    """An unreadable image was skipped (``on_bad_image="skip"``)."""
+    """Unreadable images were left out of a dataset (``on_bad_image="skip"``)."""
+
+
+class DataWarning(UserWarning):
+    """The data is usable but probably not what was meant (e.g. a test class with no training image)."""
 
 
 class LoadedSplit(NamedTuple):
@@ -52,6 +60,12 @@ class LoadedSplit(NamedTuple):
     classes: list[str]                              # class names; label i is classes[i]
     attribute_names: list[str] | None = None        # names of the binary attributes, if any
     attributes: torch.Tensor | None = None          # [len(samples), len(attribute_names)] float32 0/1
+
+
+def listing(items: Sequence[str], most: int, sep: str = ", ") -> str:
+    """The first `most` items joined by `sep`, and how many more there are (for messages)."""
+    more = f"{sep}and {len(items) - most} more" if len(items) > most else ""
+    return sep.join(items[:most]) + more
 
 
 def find_file(name: str, folders: Sequence[Path], what: str) -> Path:
@@ -173,8 +187,8 @@ class ImageDataset(torch.utils.data.Dataset):
 
     ``dataset[i]`` or ``dataset[i, seed]`` returns ``{"image": float32 [3, R, R] in [-1, 1],
     "label": int, "index": int}`` plus ``"attributes": float32 [A]`` when the dataset has
-    attributes. ``"index"`` is the index of the sample actually returned (it differs from the
-    requested one only when an unreadable image was skipped).
+    attributes. With ``on_bad_image="skip"`` the unreadable images are left out when the dataset
+    is built (`skipped` lists them); an image that cannot be read later is an error in both modes.
     """
 
     def __init__(
@@ -218,7 +232,34 @@ class ImageDataset(torch.utils.data.Dataset):
             if tuple(attributes.shape) != expected:
                 raise ValueError(f"attributes: expected shape {list(expected)}, got {list(attributes.shape)}")
             self.attributes = attributes
-        self._warned: set[Path] = set()  # files already reported as unreadable (skip mode)
+        self.skipped: list[Path] = []  # unreadable images left out (skip mode)
+        if on_bad_image == "skip":
+            self._leave_out_unreadable()
+
+    def _leave_out_unreadable(self) -> None:
+        """Decode every image once; drop the unreadable ones (and their attribute rows), with one warning."""
+        readable, reasons = [], []
+        for i, (path, _) in enumerate(self.samples):
+            try:
+                load_image(path)
+                readable.append(i)
+            except DatasetError as exc:
+                self.skipped.append(path)
+                reasons.append(str(exc))
+        if not self.skipped:
+            return
+        total = len(self.samples)
+        if not readable:
+            raise DatasetError(f"no readable image in the {self.split} split ({total} files tried): {reasons[0]}")
+        self.samples = [self.samples[i] for i in readable]
+        if self.attributes is not None:
+            self.attributes = self.attributes[readable]
+        warnings.warn(
+            f"{self.split} split: left out {len(self.skipped)} unreadable image(s) of {total} "
+            f"(data.on_bad_image=skip), {len(self.samples)} remain: {listing(reasons, 5, '; ')}",
+            BadImageWarning,
+            stacklevel=3,
+        )
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -246,24 +287,18 @@ class ImageDataset(torch.utils.data.Dataset):
         n = len(self.samples)
         if not -n <= index < n:
             raise IndexError(f"index {index} out of range for a dataset of {n} samples")
-        index %= n
-        for attempt in range(n):  # skip mode: try index, index+1, ... (mod n)
-            i = (index + attempt) % n
-            path, label = self.samples[i]
-            try:
-                img = load_image(path)
-            except DatasetError as exc:
-                if self.on_bad_image == "error":
-                    raise
-                if path not in self._warned:
-                    self._warned.add(path)
-                    warnings.warn(f"skipping unreadable image: {exc}", BadImageWarning, stacklevel=2)
-                continue
-            item: dict[str, Any] = {"image": self.transform(img, seed), "label": label, "index": i}
-            if self.attributes is not None:
-                item["attributes"] = self.attributes[i].clone()
-            return item
-        raise DatasetError(f"no readable image in the {self.split} split ({n} files tried)")
+        i = index % n
+        path, label = self.samples[i]
+        try:
+            img = load_image(path)
+        except DatasetError as exc:
+            if self.on_bad_image == "skip":  # it was readable when the dataset was built
+                raise DatasetError(f"{exc} (it was readable when the {self.split} split was read)") from exc
+            raise
+        item: dict[str, Any] = {"image": self.transform(img, seed), "label": label, "index": i}
+        if self.attributes is not None:
+            item["attributes"] = self.attributes[i].clone()
+        return item
 
     def transform(self, img: Image.Image, seed: int = 0) -> torch.Tensor:
         """RGB PIL image -> float32 [3, R, R] in [-1, 1]: the train transform if `augment`, else the test one."""

@@ -12,6 +12,8 @@ Layouts (``root`` is `DataConfig.root`)::
   so a label means the same class in both splits;
 - images are found recursively below each class folder, extensions jpg, jpeg, png, bmp, gif,
   webp, tif, tiff in any case; hidden files and folders (name starting with ".") are ignored;
+- with train/ and test/ levels, a class that has test images but no training image is named in a
+  `DataWarning` (a model cannot learn it; its test images can only count as errors);
 - without split levels, each class is split on its own (stratified): its files are ranked by
   ``sha256(f"{seed}/{relative path}")`` and the first ``round(test_fraction * n)`` go to test
   (at least one image on each side when the class has two or more). The split depends only on
@@ -23,9 +25,11 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
-from viscoin.data.base import IMAGE_EXTENSIONS, DatasetError, LoadedSplit
+from viscoin.data.base import IMAGE_EXTENSIONS, DatasetError, DataWarning, LoadedSplit, listing
 
 LAYOUT = (
     "expected root/<class>/<image>, or root/train/<class>/<image> and root/test/<class>/<image> "
@@ -38,17 +42,31 @@ def class_folders(folder: Path) -> list[str]:
     return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
 
 
-def image_files(folder: Path) -> list[Path]:
-    """Image files below `folder` (recursively), sorted; hidden files and folders skipped."""
-    found: list[Path] = []
+def _walk_images(folder: Path) -> Iterator[Path]:
+    """Image files below `folder` (recursively), in scan order; hidden files and folders skipped."""
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        found.extend(
-            Path(dirpath, f)
-            for f in filenames
-            if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS
+        for f in filenames:
+            if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS:
+                yield Path(dirpath, f)
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Image files below `folder` (recursively), sorted; hidden files and folders skipped."""
+    return sorted(_walk_images(folder))
+
+
+def _warn_untrained_classes(root: Path, classes: list[str], samples: list[tuple[Path, int]]) -> None:
+    """`DataWarning` naming the test classes that have no training image."""
+    tested = sorted({label for _, label in samples})
+    missing = [classes[c] for c in tested if next(_walk_images(root / "train" / classes[c]), None) is None]
+    if missing:
+        warnings.warn(
+            f"{root / 'test'}: {len(missing)} class(es) have test images but no training image in {root / 'train'}: "
+            f"{listing(missing, 10)}; a model cannot learn them, and their test images can only count as errors",
+            DataWarning,
+            stacklevel=4,
         )
-    return sorted(found)
 
 
 def has_split_folders(root: Path) -> bool:
@@ -70,6 +88,8 @@ def load_split_folders(root: Path, split: str) -> LoadedSplit:
     ]
     if not samples:
         raise DatasetError(f"no images in the class folders of {root / split}; {LAYOUT}")
+    if split == "test":
+        _warn_untrained_classes(root, classes, samples)
     return LoadedSplit(samples, classes)
 
 
