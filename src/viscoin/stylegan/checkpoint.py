@@ -17,6 +17,7 @@ import torch
 from viscoin.stylegan.config import DiscriminatorConfig, GeneratorConfig
 from viscoin.stylegan.discriminator import Discriminator
 from viscoin.stylegan.generator import Generator
+from viscoin.stylegan.official import load_official, load_official_network
 from viscoin.utils.config import ConfigError
 from viscoin.utils.checkpoint import (
     CONFIG_NAME,
@@ -104,8 +105,6 @@ def load_generator(
     if _is_official_pickle(path):
         if which not in ("G_ema", "G"):
             raise ValueError(f"which: expected 'G_ema' or 'G' for a generator, got {which!r}")
-        from viscoin.stylegan.official import load_official_network
-
         module, _ = load_official_network(path, which=which)
     else:
         module = load_network(path, expect="generator")
@@ -121,8 +120,6 @@ def load_discriminator(
     """A discriminator from our checkpoint folder or an official ``.pkl`` (its 'D')."""
     path = Path(path)
     if _is_official_pickle(path):
-        from viscoin.stylegan.official import load_official_network
-
         module, _ = load_official_network(path, which="D")
     else:
         module = load_network(path, expect="discriminator")
@@ -145,8 +142,6 @@ def import_official(
     which: str = "G_ema",
 ) -> Path:
     """Convert one network of an official ``.pkl`` ('G_ema', 'G' or 'D') to our format in `out_dir`."""
-    from viscoin.stylegan.official import load_official
-
     if which not in ("G_ema", "G", "D"):
         raise ValueError(f"which: expected 'G_ema', 'G' or 'D', got {which!r}")
     pkl_path = Path(pkl_path)

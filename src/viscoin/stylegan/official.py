@@ -45,17 +45,17 @@ from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
+from torch import nn
 
 from viscoin.stylegan.config import DiscriminatorConfig, GeneratorConfig
+from viscoin.stylegan.discriminator import Discriminator
+from viscoin.stylegan.generator import Generator
 from viscoin.utils.checkpoint import check_module_size
 from viscoin.utils.config import ConfigError
 from viscoin.utils.io import copy_named_tensors  # strict copy by name (re-exported)
-
-if TYPE_CHECKING:  # the network modules are imported lazily, inside `load_official`
-    from torch import nn
 
 __all__ = [
     "OfficialPickleError",
@@ -792,9 +792,6 @@ def load_official(
 
     `include` picks the networks to build (the configs are always read); the others are None.
     """
-    from viscoin.stylegan.discriminator import Discriminator
-    from viscoin.stylegan.generator import Generator
-
     path = Path(path)
     unknown = set(include) - {"G", "G_ema", "D"}
     if unknown:
