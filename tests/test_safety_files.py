@@ -24,6 +24,7 @@ from PIL import Image
 from viscoin.classifier.model import Classifier, ClassifierConfig, load_classifier, save_classifier
 from viscoin.data import DataConfig, build_dataset
 from viscoin.data.base import BadImageWarning, DataWarning, DatasetError, ImageDataset
+from viscoin.data.synthetic import ensure_synthetic
 from viscoin.stylegan.checkpoint import load_network, save_network
 from viscoin.stylegan.config import GeneratorConfig, MappingConfig, SynthesisConfig
 from viscoin.stylegan.generator import Generator
@@ -129,6 +130,8 @@ def test_atomic_files_and_checkpoint_folders_get_the_umask_permissions(tmp_path,
     assert mode(ckpt) == 0o755
     assert {f.name: mode(f) for f in ckpt.iterdir()} == {n: 0o644 for n in ("state.safetensors", "config.yaml",
                                                                               "state.json")}
+    birds = ensure_synthetic(tmp_path / "cache", 0, (1, 1), progress=False)  # a folder renamed into place
+    assert mode(birds) == 0o755 and mode(birds / "attributes.json") == 0o644
     os.umask(0o077)
     write_json(tmp_path / "private.json", {})
     assert mode(tmp_path / "private.json") == 0o600  # the umask is honoured, not replaced

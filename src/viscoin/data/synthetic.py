@@ -39,6 +39,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from viscoin.data.base import DatasetError, LoadedSplit
+from viscoin.utils.io import make_default_permissions
 
 VERSION = "birds-v1"
 IMAGE_SIZE = 64                   # stored side (pixels)
@@ -225,6 +226,7 @@ def ensure_synthetic(root: Path, seed: int, per_class: tuple[int, int], progress
     try:
         root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=root))
+        make_default_permissions(tmp)  # the cache folder as mkdir() would make it, not mkdtemp's 0o700
     except OSError as exc:
         raise DatasetError(f"data.root: cannot create the synthetic dataset under {root}: {exc}") from exc
     try:
