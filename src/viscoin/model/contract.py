@@ -13,6 +13,11 @@ defined here, never a model's sub-modules:
     img = model.decode(phi, enc.support)   # the image of (edited) concept maps [N, 3, R, R]
     p_f = model.classify(img).softmax(1)   # the frozen f on any image
 
+`encode` is differentiable w.r.t. x when x requires gradients (activation maximisation,
+`viscoin.interpret.visualise`); otherwise f runs without a graph. `visualisation` names how the
+family shows a concept: "decoder" (decode Φ with φ_j scaled by λ: VisCoIN, FLAEM) or
+"activation_maximisation" (FLINT).
+
 f is held by reference (not a submodule): it is never trained, wrapped by DDP or saved with the
 model, stays in eval mode, and follows the model's device. Its outputs are reached through
 `classify`, `classifier_features`, `classifier_stage` and `classifier_embedding`.
@@ -72,6 +77,7 @@ class ConceptModel(nn.Module, ABC):
     """
 
     family: ClassVar[str] = "concept model"   # display name: "VisCoIN", "FLINT", "FLAEM"
+    visualisation: ClassVar[str] = "decoder"  # how a concept is shown: "decoder" or "activation_maximisation"
 
     def __init__(
         self,
@@ -101,7 +107,8 @@ class ConceptModel(nn.Module, ABC):
 
     @abstractmethod
     def encode(self, x: torch.Tensor) -> Encoding:
-        """f's logits, Φ(x), Φ'(x) and g's logits of images [N, 3, R, R] in [-1, 1] (f without gradients)."""
+        """f's logits, Φ(x), Φ'(x) and g's logits of images [N, 3, R, R] in [-1, 1]; f's weights get no
+        gradients, and x gets them only when it requires them (then f must keep its graph)."""
 
     @abstractmethod
     def predictor_weights(self) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -125,9 +125,10 @@ class VisCoIN(ConceptModel):
 
     # -- the contract -------------------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> Encoding:
-        """f(x), Φ(x) [N, K, 3, 3] (non-negative), Φ'(x) [N, 9K] (None without support branch), g's logits."""
+        """f(x), Φ(x) [N, K, 3, 3] (non-negative), Φ'(x) [N, 9K] (None without support branch), g's logits
+        (differentiable w.r.t. x when x requires gradients)."""
         self.check_images(x)
-        with torch.no_grad():
+        with torch.set_grad_enabled(torch.is_grad_enabled() and x.requires_grad):  # to x only (f is frozen)
             taps = self.f.features(x)
         phi, support = self.psi(taps)
         return Encoding(taps["logits"], phi, support, self.theta(phi))
