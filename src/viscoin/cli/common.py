@@ -1,4 +1,5 @@
-"""What several commands share: the arguments of every trainer, λ lists, the one-line user errors."""
+"""What several commands share: the arguments of every trainer, λ lists, activation maximisation's step
+counts, the one-line user errors."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import pickle
 from typing import Any
 
+from viscoin.interpret.visualise import ActivationMaximisationConfig
 from viscoin.training.config import shipped_config_names
 from viscoin.utils.config import ConfigError
 from viscoin.utils.io import CheckpointError
@@ -32,3 +34,20 @@ def parse_lambdas(text: str) -> tuple[float, ...]:
     if len(values) < 2:
         raise ValueError(f"--lambdas: expected at least two values, e.g. 0,1,2,4; got {text!r}")
     return values
+
+
+def add_am_argument(parser: argparse.ArgumentParser, where: str) -> None:
+    """``--am-steps ROUNDS STEPS_A STEPS_B``: activation maximisation's length (FLINT's visualisation) in `where`."""
+    d = ActivationMaximisationConfig()
+    parser.add_argument("--am-steps", type=int, nargs=3, metavar=("ROUNDS", "STEPS_A", "STEPS_B"),
+                        default=[d.rounds, d.steps_a, d.steps_b],
+                        help=f"activation maximisation ({where}): rounds and steps per round of its two stages "
+                             f"(default: {d.rounds} {d.steps_a} {d.steps_b}, the paper's {d.total_steps} steps; "
+                             "FLINT's code: 12 200 180)")
+
+
+def am_config(args: argparse.Namespace) -> ActivationMaximisationConfig:
+    """The `ActivationMaximisationConfig` of a parsed ``--am-steps``."""
+    rounds, steps_a, steps_b = args.am_steps
+    return ActivationMaximisationConfig(rounds=rounds, steps_a=steps_a, steps_b=steps_b)
+

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from viscoin.cli.common import add_am_argument, am_config
 from viscoin.metrics.evaluate import METRICS, EvaluateConfig, evaluate_checkpoint, markdown_tables
 from viscoin.utils.device import resolve_device
 from viscoin.utils.io import write_json
@@ -50,6 +51,10 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
                              f"<= 1-P or >= P (default: {d.gt_purity}; lower it for noisy labels such as CUB's)")
     parser.add_argument("--gt-images", type=int, default=d.gt_images,
                         help=f"ground truth: images per judged sweep (default: {d.gt_images})")
+    parser.add_argument("--vis-fid-pairs", type=int, default=d.vis_fid_pairs,
+                        help="visualisation FID: relevant class-concept pairs drawn, 3 maximally activating samples "
+                             f"each (default: {d.vis_fid_pairs}, the paper's)")
+    add_am_argument(parser, "FLINT's visualisations in the visualisation FID")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -62,6 +67,7 @@ def config_from_args(args: argparse.Namespace) -> EvaluateConfig:
         lpips=not args.no_lpips, lpips_vgg_path=args.lpips_vgg, batch_size=args.batch_size, seed=args.seed,
         progress=not args.no_progress, max_test_samples=args.max_test, max_train_samples=args.max_train,
         gt_concepts=args.gt_concepts, gt_images=args.gt_images, gt_purity=args.gt_purity,
+        vis_fid_pairs=args.vis_fid_pairs, am=am_config(args),
     )
 
 
@@ -79,7 +85,7 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     """Add `viscoin evaluate` to the top-level subparsers."""
-    p = sub.add_parser("evaluate", help="the paper's metrics (accuracy, MSE/LPIPS/FID, faithfulness, consistency) "
-                                        "and ground-truth metrics when attributes exist")
+    p = sub.add_parser("evaluate", help="the paper's metrics (accuracy, MSE/LPIPS/FID, faithfulness, consistency, "
+                                        "visualisation FID) and ground-truth metrics when attributes exist")
     add_evaluate_arguments(p)
     p.set_defaults(func=run_evaluate_command)

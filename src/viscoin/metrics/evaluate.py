@@ -8,7 +8,8 @@ The data config is the one saved with the checkpoint (``extra["data"]``), change
 MSE / LPIPS / FID, faithfulness (median FF_x at each τ, with the random baseline). Training and
 test splits (no augmentation): consistency (mean ± std over concepts, per λ) and, when the
 dataset has attribute labels (synthetic birds, CUB, CelebA-HQ), the ground-truth metrics of
-`viscoin.metrics.ground_truth` (concept-attribute alignment, visualisation correctness). Everything is
+`viscoin.metrics.ground_truth` (concept-attribute alignment, visualisation correctness). Training
+split: the visualisation FID of appendix C.2 (`viscoin.metrics.visualisation_fid`). Everything is
 seeded (`EvaluateConfig.seed`) and batched; `markdown_tables` lays the numbers out like the
 paper's tables 1 and 2. Every model is measured through the concept-model contract
 (`viscoin.model.contract`), so VisCoIN and the baselines go through the same code.
@@ -25,19 +26,22 @@ from typing import Any, Literal
 import torch
 
 from viscoin.data import DataConfig
+from viscoin.interpret.visualise import LAMBDA_MAX, ActivationMaximisationConfig
 from viscoin.metrics.consistency import DEFAULT_C_GRID, consistency
 from viscoin.metrics.faithfulness import faithfulness
 from viscoin.metrics.fidelity import fidelity_pass
 from viscoin.metrics.ground_truth import ground_truth_metrics
+from viscoin.metrics.visualisation_fid import visualisation_fid
 from viscoin.model.contract import ConceptModel
 from viscoin.model.loading import load_trained
 from viscoin.model.passes import encode_dataset
 from viscoin.model.perceptual import PerceptualDistance, build_perceptual
 from viscoin.utils.config import ConfigError, DictConfig
-from viscoin.utils.fid import build_fid_features
+from viscoin.utils.fid import FIDFeatures, build_fid_features
 from viscoin.utils.iteration import seeded_subset
 
-METRICS = ("accuracy", "reconstruction", "faithfulness", "consistency", "ground_truth")
+METRICS = ("accuracy", "reconstruction", "faithfulness", "consistency", "ground_truth", "visualisation_fid")
+TABLE2_METRICS = ("reconstruction", "faithfulness", "consistency", "visualisation_fid")   # the paper's table 2
 DATASET_NAMES = {"cub": "CUB", "cars": "Stanford Cars", "celebahq": "CelebA-HQ", "synthetic": "Synthetic birds"}
 
 
@@ -45,7 +49,7 @@ DATASET_NAMES = {"cub": "CUB", "cars": "Stanford Cars", "celebahq": "CelebA-HQ",
 class EvaluateConfig(DictConfig):
     """What `evaluate_model` computes and how (defaults: the paper's protocol, appendix B.3)."""
 
-    metrics: tuple[str, ...] = METRICS                     # subset of accuracy, reconstruction, faithfulness, consistency, ground_truth
+    metrics: tuple[str, ...] = METRICS                     # subset of METRICS (default: all)
     n_faithfulness: int = 1000                             # random test samples for faithfulness (capped at the test size)
     thresholds: tuple[float, ...] = (0.1, 0.2, 0.4)        # τ of faithfulness
     consistency_lambdas: tuple[float, ...] = (2.0, 4.0)    # λ of consistency (2: main text; higher: appendix C)
@@ -68,12 +72,16 @@ class EvaluateConfig(DictConfig):
     gt_concepts: int = 10                                  # ground truth: most relevant concepts judged
     gt_images: int = 16                                    # ground truth: images swept per concept
     gt_min_gain: float = 0.1                               # ground truth: probe gain that makes a sweep correct
+    vis_fid_pairs: int = 400                               # visualisation FID: relevant class-concept pairs drawn (C.2)
+    vis_fid_per_pair: int = 3                              # visualisation FID: maximally activating samples per pair
+    vis_fid_lambda: float = LAMBDA_MAX                     # visualisation FID: λ of decoder visualisations (VisCoIN's largest)
+    am: ActivationMaximisationConfig = ActivationMaximisationConfig()  # visualisation FID: FLINT's activation maximisation
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.metrics if m not in METRICS]
         if unknown:
             raise ConfigError(f"evaluate.metrics: unknown {unknown}; expected some of {list(METRICS)}")
-        for name in ("n_faithfulness", "consistency_samples", "batch_size"):
+        for name in ("n_faithfulness", "consistency_samples", "batch_size", "vis_fid_pairs", "vis_fid_per_pair"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"evaluate.{name}: expected >= 1, got {getattr(self, name)}")
         if self.cv_folds < 2:
@@ -120,6 +128,9 @@ def evaluate_model(
                               "num_classes": model.num_classes, "config": cfg.to_dict(), "timings": {}}
     timings = result["timings"]
     test_idx = seeded_subset(len(test_set), cfg.max_test_samples, cfg.seed)
+    fid: FIDFeatures | None = None
+    if cfg.fid_features != "none" and ("reconstruction" in cfg.metrics or "visualisation_fid" in cfg.metrics):
+        fid = build_fid_features(cfg.fid_features, model.classifier_embedding, cfg.inception_path).to(device)
 
     if "accuracy" in cfg.metrics or "reconstruction" in cfg.metrics:
         start = time.perf_counter()
@@ -127,10 +138,7 @@ def evaluate_model(
         lpips, lpips_note = _lpips(cfg) if recon else (None, None)
         if lpips is not None:
             lpips = lpips.to(device)
-        fid = None
-        if recon and cfg.fid_features != "none":
-            fid = build_fid_features(cfg.fid_features, model.classifier_embedding, cfg.inception_path).to(device)
-        out = fidelity_pass(model, test_set, test_idx, cfg.batch_size, lpips, fid, cfg.progress)
+        out = fidelity_pass(model, test_set, test_idx, cfg.batch_size, lpips, fid if recon else None, cfg.progress)
         result["accuracy"] = {"g": out["accuracy_g"], "f": out["accuracy_f"], "agreement": out["agreement"],
                               "count": out["count"]}
         if recon:
@@ -159,7 +167,11 @@ def evaluate_model(
                                               cfg.batch_size, cfg.progress)
         timings["faithfulness"] = time.perf_counter() - start
 
-    if "consistency" in cfg.metrics or ground_truth:
+    vis_fid = "visualisation_fid" in cfg.metrics
+    if vis_fid and fid is None:
+        result["visualisation_fid"] = {"skipped": "fid_features=none"}
+        vis_fid = False
+    if "consistency" in cfg.metrics or ground_truth or vis_fid:
         start = time.perf_counter()
         train_idx = seeded_subset(len(train_set), cfg.max_train_samples, cfg.seed)
         train_enc = encode_dataset(model, train_set, train_idx, cfg.batch_size, progress=cfg.progress,
@@ -185,6 +197,16 @@ def evaluate_model(
             batch_size=cfg.batch_size, progress=cfg.progress, seed=cfg.seed,
         )
         timings["ground_truth"] = time.perf_counter() - start
+
+    if vis_fid:
+        assert train_enc is not None and fid is not None
+        start = time.perf_counter()
+        result["visualisation_fid"] = visualisation_fid(
+            model, train_enc, train_set, fid, pairs=cfg.vis_fid_pairs, per_pair=cfg.vis_fid_per_pair,
+            threshold=cfg.relevance_threshold, lambda_max=cfg.vis_fid_lambda, am=cfg.am, seed=cfg.seed,
+            batch_size=cfg.batch_size, progress=cfg.progress,
+        )
+        timings["visualisation_fid"] = time.perf_counter() - start
     return result
 
 
@@ -204,7 +226,8 @@ def evaluate_checkpoint(
 # ==================================================================== tables
 
 
-def _num(value: float | None, fmt: str) -> str:
+def fmt_number(value: float | None, fmt: str) -> str:
+    """`value` in format `fmt`, or "–" when missing."""
     return "–" if value is None else format(value, fmt)
 
 
@@ -212,22 +235,25 @@ def markdown_tables(results: dict[str, Any] | Sequence[dict[str, Any]]) -> str:
     """Paper-style Markdown: table 1 (accuracy of f and g per dataset), table 2 (fidelity, faithfulness, consistency).
 
     Accuracies and consistency in %, faithfulness as "median (random baseline)". The FID's feature
-    space is named in its column header (or in each cell when the datasets differ).
+    space is named in its column header (or in each cell when the datasets differ); so is the
+    visualisation FID's (appendix C.2).
     """
     rows = [results] if isinstance(results, dict) else list(results)
     names = [r.get("dataset", "dataset") for r in rows]
+    families = ", ".join(dict.fromkeys(str(r.get("model", "concept model")) for r in rows))
     out: list[str] = []
     if any("accuracy" in r for r in rows):
         out += ["Table 1: test accuracy (%)", "", "| Model | " + " | ".join(names) + " |",
                 "|---|" + "---:|" * len(rows)]
-        for label, key in (("f (classifier)", "f"), ("g (VisCoIN)", "g"), ("agreement of g with f", "agreement")):
-            cells = [_num(100 * r["accuracy"][key], ".2f") if "accuracy" in r else "–" for r in rows]
+        for label, key in (("f (classifier)", "f"), (f"g ({families})", "g"), ("agreement of g with f", "agreement")):
+            cells = [fmt_number(100 * r["accuracy"][key], ".2f") if "accuracy" in r else "–" for r in rows]
             out.append(f"| {label} | " + " | ".join(cells) + " |")
         out.append("")
-    if any(k in r for r in rows for k in ("reconstruction", "faithfulness", "consistency")):
-        header, cells = _table2(rows)
+    if any(k in r for r in rows for k in TABLE2_METRICS):
+        header, cells = table2_columns(rows)
         out += ["Table 2: reconstruction fidelity, faithfulness (median FF_x, random baseline in brackets), "
-                "consistency (SVM test accuracy %, mean ± std over concepts)", "",
+                "consistency (SVM test accuracy %, mean ± std over concepts), FID of concept visualisations "
+                "(appendix C.2)", "",
                 "| Dataset | " + " | ".join(header) + " |", "|---|" + "---:|" * len(header)]
         out += [f"| {n} | " + " | ".join(c) + " |" for n, c in zip(names, cells)]
         notes = {r["reconstruction"]["lpips_note"] for r in rows
@@ -247,32 +273,49 @@ def markdown_tables(results: dict[str, Any] | Sequence[dict[str, Any]]) -> str:
             captured = ("–" if cd["captured"] is None
                         else f"{100 * cd['captured']:.0f}% ({cd['captured_count']}/{cd['count']})")
             probe = gt["probe"]["mean_class_defining"]
-            out.append(f"| {n} | {_num(cd['mean_auc'], '.3f')} | {captured} | {_num(al['mean_auc'], '.3f')} | "
-                       f"{_num(None if probe is None else 100 * probe, '.1f')}% | "
-                       f"{_num(None if vis['correct'] is None else 100 * vis['correct'], '.0f')}% | "
-                       f"{_num(vis['mean_gain'], '+.3f')} |")
+            out.append(f"| {n} | {fmt_number(cd['mean_auc'], '.3f')} | {captured} | {fmt_number(al['mean_auc'], '.3f')} | "
+                       f"{fmt_number(None if probe is None else 100 * probe, '.1f')}% | "
+                       f"{fmt_number(None if vis['correct'] is None else 100 * vis['correct'], '.0f')}% | "
+                       f"{fmt_number(vis['mean_gain'], '+.3f')} |")
     return "\n".join(out).rstrip() + "\n"
 
 
-def _table2(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+def _fid_column(rows: list[dict[str, Any]], metric: str, title: str) -> tuple[str, list[str]]:
+    """Header and cells of an FID column of `metric` ("reconstruction" or "visualisation_fid"): the feature
+    space in the header when all rows share one, else in each cell."""
+    labels = {r[metric].get("fid_features") for r in rows if r.get(metric, {}).get("fid") is not None} - {None}
+    one_label = len(labels) == 1
+    cells = []
+    for r in rows:
+        part = r.get(metric, {})
+        cell = fmt_number(part.get("fid"), ".2f")
+        if part.get("fid") is not None and not one_label:
+            cell += f" ({part.get('fid_features')})"
+        cells.append(cell)
+    return (f"{title} ({next(iter(labels))})" if one_label else title), cells
+
+
+def table2_columns(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Table 2's header and each result's cells: MSE, LPIPS, FID, FF per τ, consistency per λ, and the
+    visualisation FID when any result has it."""
     taus = list(dict.fromkeys(t for r in rows for t in r.get("faithfulness", {}).get("thresholds", {})))
     lams = list(dict.fromkeys(lam for r in rows for lam in r.get("consistency", {}).get("lambdas", {})))
-    fid_labels = {r["reconstruction"].get("fid_features") for r in rows if "reconstruction" in r} - {None}
-    one_label = len(fid_labels) == 1
-    header = ["MSE", "LPIPS", f"FID ({next(iter(fid_labels))})" if one_label else "FID"]
+    fid_header, fid_cells = _fid_column(rows, "reconstruction", "FID")
+    header = ["MSE", "LPIPS", fid_header]
     header += [f"FF τ={t}" for t in taus] + [f"Consistency λ={lam}" for lam in lams]
+    vis = any("visualisation_fid" in r for r in rows)
+    vis_header, vis_cells = _fid_column(rows, "visualisation_fid", "Vis. FID")
+    header += [vis_header] if vis else []
     table = []
-    for r in rows:
+    for i, r in enumerate(rows):
         rec = r.get("reconstruction", {})
-        fid = _num(rec.get("fid"), ".2f")
-        if rec.get("fid") is not None and not one_label:
-            fid += f" ({rec['fid_features']})"
-        cells = [_num(rec.get("mse"), ".4f"), _num(rec.get("lpips"), ".3f"), fid]
+        cells = [fmt_number(rec.get("mse"), ".4f"), fmt_number(rec.get("lpips"), ".3f"), fid_cells[i]]
         ff = r.get("faithfulness", {}).get("thresholds", {})
         cells += [f"{ff[t]['median']:.3f} ({ff[t]['random_median']:.3f})" if t in ff else "–" for t in taus]
         cons = r.get("consistency", {}).get("lambdas", {})
         for lam in lams:
             c = cons.get(lam)
             cells.append("–" if not c or c["mean"] is None else f"{100 * c['mean']:.1f} ± {100 * c['std']:.1f}")
+        cells += [vis_cells[i]] if vis else []
         table.append(cells)
     return header, table
