@@ -113,6 +113,19 @@ def active_model(k: int = 4) -> VisCoIN:
     return model.eval()
 
 
+class ListDataset:
+    """A dataset of given images [N, 3, R, R] and labels [N] (items: dicts image/label/index)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": self.x[i], "label": int(self.y[i]), "index": i}
+
+
 def save_tiny_setup(root: Path, per_class: int = 5) -> tuple[Path, Path]:
     """A generated image folder and a saved tiny VisCoIN (with f and G saved beside it); returns (checkpoint, folder)."""
     folder = make_folder(root / "shapes", per_class=per_class, size=40)

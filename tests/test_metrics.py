@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
-from conftest import make_folder, tiny_model
+from conftest import ListDataset, make_folder, tiny_model
 
 from viscoin.classifier.model import save_classifier
 from viscoin.interpret import ConceptExplainer
@@ -59,17 +59,6 @@ def test_global_relevance_averages_over_true_labels():
     r = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]])
     g = global_relevance(r, torch.tensor([0, 0, 2]), num_classes=3)
     torch.testing.assert_close(g, torch.tensor([[0.5, 0.5], [0.0, 0.0], [0.5, 0.5]]))
-
-
-class ListDataset:
-    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        self.x, self.y = x, y
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, i: int) -> dict:
-        return {"image": self.x[i], "label": int(self.y[i]), "index": i}
 
 
 def test_global_relevance_over_a_dataset_equals_per_sample_mean():

@@ -3,7 +3,7 @@
     viscoin generator import | sample | train | info      (viscoin.cli.generator)
     viscoin classifier train | test                       (viscoin.cli.classifier)
     viscoin train                                         (viscoin.cli.train)
-    viscoin evaluate | explain | report | explore | demo  (viscoin.cli.evaluate, ...)
+    viscoin evaluate | compare | explain | report | explore | demo  (viscoin.cli.evaluate, ...)
 
 Command-line code lives here only; the commands call the library. Errors the user can fix are
 printed as one line (`viscoin: error: ...`) with exit status 2, never as a traceback.
@@ -15,10 +15,10 @@ import argparse
 import sys
 
 import viscoin
-from viscoin.cli import classifier, demo, evaluate, explain, explore, generator, report, train
+from viscoin.cli import classifier, compare, demo, evaluate, explain, explore, generator, report, train
 from viscoin.cli.common import USER_ERRORS
 
-COMMANDS = (generator, classifier, train, evaluate, explain, report, explore, demo)
+COMMANDS = (generator, classifier, train, evaluate, compare, explain, report, explore, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,8 +6,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from viscoin.cli.common import parse_lambdas
+from viscoin.cli.common import add_am_argument, am_config, parse_lambdas
 from viscoin.metrics.evaluate import EvaluateConfig, evaluate_checkpoint
+from viscoin.model.loading import load_trained
 from viscoin.report.html import default_metrics_file, default_out_dir, read_metrics, write_report
 from viscoin.utils.device import resolve_device
 
@@ -15,6 +16,12 @@ from viscoin.utils.device import resolve_device
 def evaluate_metrics(checkpoint: Path, overrides: list[str], device: Any) -> dict[str, Any]:
     """`viscoin evaluate` with its default settings (`viscoin.metrics.evaluate.evaluate_checkpoint`)."""
     return dict(evaluate_checkpoint(checkpoint, EvaluateConfig(), device, overrides))
+
+
+def _found_metrics(checkpoint: Path) -> dict[str, Any] | None:
+    """The evaluation.json beside a checkpoint, if `viscoin evaluate` wrote one for it."""
+    found = default_metrics_file(checkpoint)
+    return None if found is None else read_metrics(found)
 
 
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,6 +36,11 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pairs", type=int, default=6, help="most relevant class-concept pairs to show (default: 6)")
     parser.add_argument("--samples", type=int, default=5, help="most activating samples per pair (default: 5)")
     parser.add_argument("--lambdas", default="0,1,2,4", help="multipliers of the concept in the sweeps (default: 0,1,2,4)")
+    parser.add_argument("--compare", type=Path, nargs="+", default=[], metavar="CHECKPOINT",
+                        help="other systems on the same data (e.g. RUN/flint RUN/flaem): adds comparison.html with "
+                             "the tables side by side (from each one's evaluation.json, when present) and each "
+                             "system's concept visualisations on the same images")
+    add_am_argument(parser, "FLINT's pictures on the comparison page")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', ... (default: auto)")
 
@@ -51,9 +63,12 @@ def run_report_command(args: argparse.Namespace) -> int:
             print(f"using the metrics in {found} (give --metrics FILE to use another file)")
     elif args.evaluate:
         metrics, source = evaluate_metrics(args.checkpoint, list(args.overrides), device), "viscoin evaluate (run by the report)"
+    others = [load_trained(c, list(args.overrides), device) for c in args.compare]
+    compared = [m for m in [metrics, *(_found_metrics(c) for c in args.compare)] if m] if others else []
     index = write_report(args.checkpoint, out, metrics=metrics, pairs=args.pairs, samples=args.samples,
                          lambdas=lambdas, data_overrides=list(args.overrides), device=device,
-                         batch_size=args.batch_size, metrics_source=source)
+                         batch_size=args.batch_size, metrics_source=source, comparison=others,
+                         comparison_metrics=compared, am=am_config(args))
     print(f"wrote {index} (open it in a browser; figures in {index.parent / 'figures'})")
     return 0
 

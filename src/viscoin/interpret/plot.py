@@ -341,3 +341,24 @@ def matrix_figure(
             _draw(draw, (4, top + i * px + (px - _text_size(n, f)[1]) // 2), n, f, TEXT)
     canvas.paste(Image.fromarray(img), (label_w, top))
     return np.asarray(canvas, dtype=np.uint8).copy()
+
+
+def visualisations_figure(
+    title: str | Sequence[str],
+    images: torch.Tensor,                                   # the samples [M, 3, R, R]
+    captions: Sequence[str],                                # one per sample
+    blocks: Sequence[tuple[str, torch.Tensor, Sequence[str], Sequence[str]]],
+    cell: int | None = None,
+) -> np.ndarray:
+    """Several systems' visualisations on the same samples, one column per sample: the samples' row, then per
+    block (a system) one row per view, ``(label, views [M, V, 3, R, R], view labels [V], captions of its last
+    row [M] or [])``."""
+    cell = cell or cell_size_for(images.shape[-1], target=96)
+    rows = [Row("sample", [Cell(image_rgb(img), cap) for img, cap in zip(images, captions)])]
+    for label, views, view_labels, last_captions in blocks:
+        assert views.shape[:2] == (images.shape[0], len(view_labels)), (views.shape, len(view_labels))
+        for v, view in enumerate(view_labels):
+            caps = last_captions if v == len(view_labels) - 1 and last_captions else [""] * images.shape[0]
+            name = f"{label}\n{view}" if v == 0 else view                  # the system named once per block
+            rows.append(Row(name, [Cell(image_rgb(views[m, v]), caps[m]) for m in range(images.shape[0])]))
+    return labelled_grid(rows, title, cell=cell)

@@ -12,7 +12,11 @@ appendix E):
 - for each of the top pairs, the figures of the paper's figure 4 and appendix E: the most
   activating training samples of the class, their λ sweeps (λ = 1 is the reconstruction), the
   difference images between the largest and smallest λ, the reverse difference and the energy;
-  and the concept's most activating samples over all classes.
+  and the concept's most activating samples over all classes;
+- optionally, ``out_dir/comparison.html`` (linked from the index; `write_comparison_page`): several
+  systems on the same data (VisCoIN, FLINT, FLAEM; paper section 4 and appendix C.2): the paper's
+  tables 1 and 2 side by side (`viscoin.metrics.compare`), and for a few relevant classes each
+  system's visualisation of its most relevant concept on the same images.
 """
 
 from __future__ import annotations
@@ -29,12 +33,21 @@ from urllib.parse import quote
 import torch
 
 from viscoin.interpret.explainer import DEFAULT_LAMBDAS, ConceptExplainer
-from viscoin.interpret.plot import matrix_figure, pair_figure, samples_figure, save_figure
+from viscoin.interpret.plot import matrix_figure, pair_figure, samples_figure, save_figure, visualisations_figure
+from viscoin.interpret.visualise import (
+    ActivationMaximisationConfig,
+    activation_maximisation,
+    describe_visualisation,
+    visualisation_kind,
+)
+from viscoin.metrics.compare import comparison_markdown, system_names
 from viscoin.metrics.evaluate import markdown_tables
 from viscoin.model.loading import TrainedModel, load_trained
 from viscoin.utils.io import atomic_path, read_json
 
 FIGURES = "figures"
+COMPARISON = "comparison.html"
+COMPARISON_FIGURES = f"{FIGURES}/comparison"
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; margin: 0;
@@ -177,6 +190,21 @@ def metrics_html(metrics: Mapping[str, Any]) -> str:
     return paper + "<details><summary>All values of the evaluation</summary>" + dict_tables(metrics) + "</details>"
 
 
+def page_head(title: str) -> str:
+    """The start of a self-contained page, up to ``<main>``: charset, viewport, no favicon fetch, inline CSS."""
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,">
+<title>{_e(title)}</title>
+<style>{CSS}</style>
+</head>
+<body>
+<main>"""
+
+
 def figure_html(src: str, alt: str, caption: str = "") -> str:
     cap = f"<figcaption>{caption}</figcaption>" if caption else ""
     return f'<figure><img src="{_e(quote(src))}" alt="{_e(alt)}">{cap}</figure>'
@@ -198,8 +226,12 @@ def write_report(
     batch_size: int = 32,
     trained: TrainedModel | None = None,          # an already loaded model (tests, demo); default: load it
     metrics_source: str = "",                     # where the metrics came from (shown in the report)
+    comparison: Sequence[TrainedModel] = (),      # other systems on the same data: adds comparison.html
+    comparison_metrics: Sequence[Mapping[str, Any]] = (),  # `viscoin evaluate` results of all compared systems
+    am: ActivationMaximisationConfig = ActivationMaximisationConfig(),  # activation maximisation on that page
 ) -> Path:
-    """Write the report; returns the path of ``index.html``."""
+    """Write the report; returns the path of ``index.html``. With `comparison`, also the comparison page of
+    this model and those (`write_comparison_page`), linked from the index."""
     if pairs < 1 or samples < 1:
         raise ValueError(f"pairs and samples: expected >= 1, got {pairs} and {samples}")
     if len(lambdas) < 2:
@@ -287,18 +319,16 @@ def write_report(
                                               for i, (c, j, _) in enumerate(top, 1)) + "</ol></nav>")
     else:
         pairs_html = '<p class="note">No class–concept pair has a positive global relevance.</p>'
+    comparison_html = ""
+    if comparison:
+        write_comparison_page(out_dir, [trained, *comparison], comparison_metrics, pairs=min(pairs, 3),
+                              samples=min(samples, 3), lambdas=lambdas, am=am, batch_size=batch_size)
+        others = ", ".join(f"{s.model.family} ({s.path.name})" for s in comparison)
+        comparison_html = (f'<h2>Comparison</h2><p><a href="{COMPARISON}">This model beside {_e(others)}</a>: '
+                           "the paper's tables 1 and 2 side by side and each system's concept visualisations on "
+                           "the same images.</p>")
     now = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-    doc = f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<link rel="icon" href="data:,">
-<title>{_e(model.family)} report: {_e(checkpoint.name)}</title>
-<style>{CSS}</style>
-</head>
-<body>
-<main>
+    doc = f"""{page_head(f"{model.family} report: {checkpoint.name}")}
 <h1>{_e(model.family)} report</h1>
 <p class="muted">{_e(checkpoint.resolve())} · written {now} · viscoin (Parekh et al., ICLR 2025)</p>
 
@@ -308,6 +338,7 @@ def write_report(
 <h2>Metrics</h2>
 {metrics_part}
 {summary_html}
+{comparison_html}
 
 <h2>Global relevance</h2>
 <p>Local relevance of concept j for image x: r(j, x) = a<sub>j</sub>(x) W<sub>j,ĉ</sub> / max<sub>l</sub>
@@ -333,6 +364,123 @@ training images of class c (paper section 3.5).</p>
         if stale.name not in written:
             stale.unlink()
     return index
+
+
+def write_comparison_page(
+    out_dir: str | os.PathLike,                          # report folder: comparison.html + figures/comparison/
+    systems: Sequence[TrainedModel],                     # 2 or more loaded systems on the same data; the first leads
+    evaluations: Sequence[Mapping[str, Any]] = (),       # their `viscoin evaluate` results, for the tables
+    pairs: int = 3,                                      # classes shown
+    samples: int = 3,                                    # images per class
+    lambdas: Sequence[float] = DEFAULT_LAMBDAS,          # λ of the decoder systems' sweeps
+    am: ActivationMaximisationConfig = ActivationMaximisationConfig(),
+    batch_size: int = 32,
+    back_link: str | None = "index.html",                # the page's link back (None: none)
+) -> Path:
+    """Write ``comparison.html``: the tables of the evaluations side by side, then, for the first system's
+    `pairs` most relevant class–concept pairs (distinct classes), that pair's `samples` most activating
+    training images of the class, and on those same images each system's visualisation of its own most
+    relevant concept for the class (VisCoIN's λ sweep, FLINT's activation maximisation, FLAEM's decoded
+    scaled concept). Returns its path."""
+    if len(systems) < 2:
+        raise ValueError(f"comparison: expected at least 2 systems, got {len(systems)}")
+    if pairs < 1 or samples < 1 or len(lambdas) < 2:
+        raise ValueError(f"pairs, samples >= 1 and two λ or more expected, got {pairs}, {samples}, {list(lambdas)}")
+    lead = systems[0]
+    for s in systems[1:]:
+        if s.classes != lead.classes or s.model.resolution != lead.model.resolution:
+            raise ValueError(f"{s.path}: another dataset than {lead.path} (classes or resolution differ); systems "
+                             "are compared on the same data")
+    names = system_names([{"model": s.model.family, "dataset": "", "checkpoint": str(s.path)} for s in systems],
+                         [s.path for s in systems])
+    train = lead.dataset("train")
+    out_dir = Path(out_dir)
+    fig_dir = out_dir / COMPARISON_FIGURES
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    explainers = [ConceptExplainer(s.model, batch_size=batch_size) for s in systems]
+    encs = [e.activations(train) for e in explainers]
+    global_rels = [e.global_relevance(enc) for e, enc in zip(explainers, encs)]     # [C, K] each
+    shown: list[tuple[int, int, float]] = []
+    for c, j, r in explainers[0].top_pairs(global_rels[0], global_rels[0].numel()):
+        if r > 0 and c not in {p[0] for p in shown}:
+            shown.append((c, j, r))
+        if len(shown) == pairs:
+            break
+    written: set[str] = set()
+    sections: list[str] = []
+    for rank, (c, j0, r0) in enumerate(shown, 1):
+        ma = explainers[0].most_activating(encs[0], j0, samples, per_class=c)
+        images = torch.stack([train[int(i)]["image"] for i in ma["indices"]])
+        blocks, rows = [], []
+        for name, s, e, grel in zip(names, systems, explainers, global_rels):
+            top = e.class_top_concepts(grel, c, k=1)
+            j, r = int(top["concepts"][0]), float(top["relevance"][0])
+            kind = visualisation_kind(s.model)
+            if kind == "decoder":
+                views, labels, caps = e.lambda_sweep(images, j, lambdas), [f"λ = {v:g}" for v in lambdas], []
+                what = describe_visualisation(kind, lambdas)
+            else:
+                res = activation_maximisation(s.model, images, j, am)
+                views = torch.stack([am.start(images), res.images], dim=1)
+                labels = [f"start: {am.init_scale:g} × sample", f"after {am.total_steps} steps"]
+                caps = [f"a {a:.2f} → {b:.2f}" for a, b in zip(res.record["initial_activation"],
+                                                               res.record["final_activation"])]
+                what = describe_visualisation(kind, lambdas, am) + "; under each result: a_j before → after"
+            blocks.append((f"{name} · concept {j} (r {r:+.2f})", views, labels, caps))
+            rows.append([name, j, f"{r:+.3f}", what])
+        fig_name = f"class{c}-{rank:02d}.png"
+        save_figure(fig_dir / fig_name, visualisations_figure(
+            [f"class {lead.classes[c]}: each system's most relevant concept, on the same images",
+             f"images: the {len(images)} training images of the class that activate {names[0]}'s concept {j0} most"],
+            images, [f"a = {float(a):.2f}" for a in ma["activations"]], blocks))
+        written.add(fig_name)
+        sections.append(
+            f'<section id="class-{rank}"><h3>{rank}. class {_e(lead.classes[c])}</h3>'
+            + table(rows, ["system", "its most relevant concept j", "r(j, c)", "what its pictures show"])
+            + figure_html(f"{COMPARISON_FIGURES}/{fig_name}", f"class {lead.classes[c]}: visualisations",
+                          f"Top row: the images ({_e(names[0])}'s most activating training images of the class for "
+                          f"concept {j0}, r = {r0:+.3f}; a: that concept's pooled activation). Below, for each system, "
+                          "its visualisation of its own most relevant concept for this class on those images.")
+            + "</section>")
+    for stale in fig_dir.glob("*.png"):
+        if stale.name not in written:
+            stale.unlink()
+    results = [dict(r) for r in evaluations if isinstance(r.get("model"), str) and isinstance(r.get("dataset"), str)]
+    if results:
+        numbers = markdown_to_html(comparison_markdown(results, system_names(results, [""] * len(results))))
+    else:
+        numbers = ('<p class="note">No numbers on this page: evaluate each system (<code>viscoin evaluate '
+                   'CHECKPOINT</code>) and give the results (<code>viscoin compare EVAL.json ...</code> writes the '
+                   'same tables as Markdown and JSON).</p>')
+    systems_rows = [[n, s.model.family, str(s.path.resolve()), s.model.num_concepts, visualisation_kind(s.model)]
+                    for n, s in zip(names, systems)]
+    back = f'<p><a href="{_e(back_link)}">← back to the report</a></p>' if back_link else ""
+    body = "".join(sections) or '<p class="note">The first system has no class–concept pair of positive relevance.</p>'
+    doc = f"""{page_head(f"Comparison: {', '.join(names)}")}
+{back}
+<h1>Comparison of {len(systems)} systems</h1>
+<p class="muted">On the same data ({_e(lead.data.kind)}: {_e(lead.data.root or '(the user cache folder)')}; relevance
+over its {len(train)} training images) · written {datetime.datetime.now().strftime("%Y-%m-%d %H:%M")}
+· viscoin (Parekh et al., ICLR 2025, section 4 and appendix C.2)</p>
+{table(systems_rows, ["system", "family", "checkpoint", "concepts K", "visualisation"])}
+
+<h2>Numbers</h2>
+{numbers}
+
+<h2>Visualisations on the same images</h2>
+<p>For the {len(shown)} most relevant class–concept pairs of {_e(names[0])} (one per class): each system's most
+relevant concept for the class (global relevance r(j, c) over the training split, section 3.5), shown its own
+way: a decoder family (VisCoIN, FLAEM) decodes the image's concepts with that concept scaled by λ; FLINT
+optimises the input to raise the concept (activation maximisation, from {am.init_scale:g} × the image).</p>
+{body}
+</main>
+</body>
+</html>
+"""
+    page = out_dir / COMPARISON
+    with atomic_path(page) as tmp:
+        tmp.write_text(doc, encoding="utf-8")
+    return page
 
 
 # ---------------------------------------------------------------------------------------------

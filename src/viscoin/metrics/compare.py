@@ -1,0 +1,221 @@
+"""Several systems side by side: the paper's tables 1 and 2 from `viscoin evaluate` results (`viscoin compare`).
+
+The paper compares VisCoIN with FLINT and FLAEM on the same test split of each dataset
+(section 4.1, tables 1 and 2; appendix C.2 for the visualisation FID). Each ``evaluation.json``
+names its system (``"model"``: the family) and dataset; this module
+
+- checks that the results can be compared (`differences`): the same dataset, the same test split
+  (the data-config keys that fix it, the number of test samples, f's test accuracy) and the same
+  evaluation settings, naming every value that differs and in which files;
+- lays the numbers out (`comparison_markdown`): table 1 with one row per system and one column
+  per dataset (f's accuracy in its own row), table 2 with one row per (dataset, system) and the
+  columns of `viscoin.metrics.evaluate.table2_columns`;
+- gives them as JSON (`comparison_json`), and writes both files (`write_comparison`), refusing
+  to replace files it did not write.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from viscoin.metrics.evaluate import fmt_number, table2_columns
+from viscoin.utils.io import atomic_path, read_json, write_json
+
+WRITER = "viscoin compare"
+MARKDOWN_MARKER = f"<!-- written by {WRITER}; rewritten on every run -->"
+MARKDOWN_FILE, JSON_FILE = "comparison.md", "comparison.json"
+SPLIT_KEYS = ("kind", "root", "resolution", "test_fraction", "split_seed", "synthetic_per_class", "on_bad_image")
+UNCOMPARED_SETTINGS = ("metrics", "progress", "batch_size", "inception_path", "lpips_vgg_path")
+
+
+def read_evaluation(path: str | os.PathLike) -> dict[str, Any]:
+    """An ``evaluation.json`` written by `viscoin evaluate`; ValueError naming the file otherwise."""
+    data = read_json(path, what="evaluation file")
+    if not isinstance(data, dict) or not isinstance(data.get("model"), str) or not isinstance(data.get("dataset"), str):
+        raise ValueError(f"{path}: not an evaluation written by `viscoin evaluate` (expected a JSON object with "
+                         "\"model\" and \"dataset\")")
+    return data
+
+
+def system_names(results: Sequence[dict[str, Any]], files: Sequence[str | os.PathLike]) -> list[str]:
+    """Each result's system name: its family; when a family appears twice on one dataset, the checkpoint's run
+    folder (or the file's folder) is added, then the position."""
+    families = [str(r["model"]) for r in results]
+    names = list(families)
+    for i, r in enumerate(results):
+        if sum(f == families[i] and o["dataset"] == r["dataset"] for f, o in zip(families, results)) > 1:
+            where = Path(str(r.get("checkpoint") or files[i]))
+            names[i] = f"{r['model']} ({where.parent.name or where.name})"
+    seen: dict[tuple[str, str], int] = {}
+    for i, r in enumerate(results):
+        key = (names[i], r["dataset"])
+        seen[key] = seen.get(key, 0) + 1
+        if seen[key] > 1:
+            names[i] = f"{names[i]} #{seen[key]}"
+    return names
+
+
+def _values(results: Sequence[dict[str, Any]], names: Sequence[str], get: Any) -> dict[str, Any]:
+    return {n: get(r) for n, r in zip(names, results)}
+
+
+def _differ(values: dict[str, Any]) -> bool:
+    return len({json.dumps(v, sort_keys=True) for v in values.values()}) > 1
+
+
+def _listing(values: dict[str, Any]) -> str:
+    return "; ".join(f"{n}: {json.dumps(v)}" for n, v in values.items())
+
+
+def differences(results: Sequence[dict[str, Any]], names: Sequence[str]) -> list[str]:
+    """What differs between the results that should not (empty: comparable), one sentence each."""
+    out = []
+    datasets = list(dict.fromkeys(r["dataset"] for r in results))
+    if len(datasets) > 1:
+        groups = ", ".join(f"{d} ({', '.join(n for n, r in zip(names, results) if r['dataset'] == d)})"
+                           for d in datasets)
+        out.append(f"different datasets: {groups}; systems are compared within each dataset only")
+    for d in datasets:
+        rows = [i for i, r in enumerate(results) if r["dataset"] == d]
+        group, gnames = [results[i] for i in rows], [names[i] for i in rows]
+        prefix = f"{d}: " if len(datasets) > 1 else ""
+        for key in SPLIT_KEYS:
+            values = _values(group, gnames, lambda r, k=key: (r.get("data") or {}).get(k))
+            if _differ(values):
+                out.append(f"{prefix}test split differs: data.{key} ({_listing(values)})")
+        counts = _values(group, gnames, lambda r: (r.get("accuracy") or {}).get("count"))
+        if _differ({n: c for n, c in counts.items() if c is not None}):
+            out.append(f"{prefix}number of test samples differs ({_listing(counts)})")
+        acc_f = {n: a for n, a in _values(group, gnames, lambda r: (r.get("accuracy") or {}).get("f")).items()
+                 if a is not None}
+        if _differ(acc_f):
+            out.append(f"{prefix}f's test accuracy differs, so f or the test split differ ({_listing(acc_f)})")
+    keys = list(dict.fromkeys(k for r in results for k in (r.get("config") or {}) if k not in UNCOMPARED_SETTINGS))
+    for key in keys:
+        values = _values(results, names, lambda r, k=key: (r.get("config") or {}).get(k))
+        if _differ(values):
+            out.append(f"evaluation setting {key} differs ({_listing(values)})")
+    return out
+
+
+def comparison_markdown(results: Sequence[dict[str, Any]], names: Sequence[str],
+                        files: Sequence[str | os.PathLike] = ()) -> str:
+    """The systems, what differs, table 1 (rows: f and each system; columns: datasets) and table 2 (rows:
+    dataset · system), in Markdown."""
+    datasets = list(dict.fromkeys(r["dataset"] for r in results))
+    systems = list(dict.fromkeys(names))
+    out = [f"# Comparison of {len(results)} evaluations", "", "| System | Model | Dataset | K | Evaluation |",
+           "|---|---|---|---:|---|"]
+    out += [f"| {n} | {r['model']} | {r['dataset']} | {r.get('num_concepts', '–')} | "
+            f"{files[i] if files else r.get('checkpoint', '–')} |" for i, (n, r) in enumerate(zip(names, results))]
+    diffs = differences(results, names)
+    out += ["", "Differences: none (same dataset, test split and evaluation settings)." if not diffs
+            else "Differences (the numbers may not be comparable):", ""]
+    out += [f"- {d}" for d in diffs] + ([""] if diffs else [])
+    if any("accuracy" in r for r in results):
+        out += ["Table 1: test accuracy (%) of the interpretable predictor g of each system, and of f", "",
+                "| Model | " + " | ".join(datasets) + " |", "|---|" + "---:|" * len(datasets)]
+        first_f = {d: next(((r.get("accuracy") or {}).get("f") for r in results
+                            if r["dataset"] == d and "accuracy" in r), None) for d in datasets}
+        out.append("| f (classifier) | " + " | ".join(
+            fmt_number(None if first_f[d] is None else 100 * first_f[d], ".2f") for d in datasets) + " |")
+        for s in systems:
+            cells = []
+            for d in datasets:
+                acc = next(((r.get("accuracy") or {}).get("g") for n, r in zip(names, results)
+                            if n == s and r["dataset"] == d), None)
+                cells.append(fmt_number(None if acc is None else 100 * acc, ".2f"))
+            out.append(f"| {s} | " + " | ".join(cells) + " |")
+        out.append("")
+    header, cells = table2_columns(list(results))
+    out += ["Table 2: reconstruction fidelity (MSE, LPIPS, FID of test reconstructions), faithfulness (median "
+            "FF_x, random baseline in brackets), consistency (SVM test accuracy %, mean ± std over concepts), "
+            "FID of concept visualisations (appendix C.2)", "",
+            "| Dataset | System | " + " | ".join(header) + " |", "|---|---|" + "---:|" * len(header)]
+    for d in datasets:
+        out += [f"| {d} | {n} | " + " | ".join(c) + " |" for n, r, c in zip(names, results, cells) if r["dataset"] == d]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _numbers(r: dict[str, Any]) -> dict[str, Any]:
+    """The paper's numbers of one evaluation (None where not computed)."""
+    acc, rec, vis = r.get("accuracy") or {}, r.get("reconstruction") or {}, r.get("visualisation_fid") or {}
+    ff = (r.get("faithfulness") or {}).get("thresholds") or {}
+    cons = (r.get("consistency") or {}).get("lambdas") or {}
+    return {
+        "accuracy_g": acc.get("g"), "accuracy_f": acc.get("f"), "agreement": acc.get("agreement"),
+        "test_count": acc.get("count"), "mse": rec.get("mse"), "lpips": rec.get("lpips"), "fid": rec.get("fid"),
+        "fid_features": rec.get("fid_features"),
+        "faithfulness": {t: {"median": v.get("median"), "random_median": v.get("random_median")} for t, v in ff.items()},
+        "consistency": {lam: {"mean": v.get("mean"), "std": v.get("std")} for lam, v in cons.items()},
+        "visualisation_fid": vis.get("fid"), "visualisation_fid_features": vis.get("fid_features"),
+        "visualisation": vis.get("visualisation"),
+    }
+
+
+def comparison_json(results: Sequence[dict[str, Any]], names: Sequence[str],
+                    files: Sequence[str | os.PathLike] = ()) -> dict[str, Any]:
+    """The comparison as JSON: the systems with their numbers, and what differs."""
+    return {
+        "written_by": WRITER,
+        "datasets": list(dict.fromkeys(r["dataset"] for r in results)),
+        "differences": differences(results, names),
+        "systems": [{"name": n, "model": r["model"], "dataset": r["dataset"], "num_concepts": r.get("num_concepts"),
+                     "checkpoint": r.get("checkpoint"), "file": str(files[i]) if files else None, **_numbers(r)}
+                    for i, (n, r) in enumerate(zip(names, results))],
+    }
+
+
+def _ours(path: Path) -> bool:
+    """Whether an existing comparison file was written by `viscoin compare`."""
+    try:
+        if path.suffix == ".json":
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return isinstance(data, dict) and data.get("written_by") == WRITER
+        return path.read_text(encoding="utf-8").splitlines()[:1] == [MARKDOWN_MARKER]
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+
+
+class Written(NamedTuple):
+    """What `write_comparison` wrote: both files, the Markdown, and what differs between the evaluations."""
+
+    markdown_path: Path
+    json_path: Path
+    markdown: str
+    differences: list[str]
+
+
+def write_comparison(
+    files: Sequence[str | os.PathLike],       # evaluation.json files (2 or more)
+    out_dir: str | os.PathLike,
+    overwrite: bool = False,                  # replace files that `viscoin compare` did not write
+    names: Sequence[str] | None = None,       # system names (default: `system_names`)
+) -> Written:
+    """Write ``comparison.md`` and ``comparison.json`` into `out_dir`.
+
+    An existing file of those names that `viscoin compare` did not write is left alone (ValueError)
+    unless `overwrite`; nothing is written then."""
+    if len(files) < 2:
+        raise ValueError(f"compare: expected at least 2 evaluation files, got {len(files)}")
+    results = [read_evaluation(f) for f in files]
+    names = list(names) if names else system_names(results, files)
+    if len(names) != len(results) or len(set(zip(names, (r["dataset"] for r in results)))) != len(results):
+        raise ValueError(f"names: expected {len(results)} names, distinct within a dataset; got {names}")
+    out = Path(out_dir)
+    md_path, json_path = out / MARKDOWN_FILE, out / JSON_FILE
+    foreign = [p for p in (md_path, json_path) if p.exists() and not _ours(p)]
+    if foreign and not overwrite:
+        raise ValueError(f"{', '.join(map(str, foreign))}: exists and was not written by `{WRITER}`; "
+                         "give --overwrite to replace it")
+    markdown = comparison_markdown(results, names, [str(f) for f in files])
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(md_path) as tmp:
+        tmp.write_text(f"{MARKDOWN_MARKER}\n{markdown}", encoding="utf-8")
+    data = comparison_json(results, names, files)
+    write_json(json_path, data)
+    return Written(md_path, json_path, markdown, data["differences"])
