@@ -22,6 +22,10 @@ import torch
 
 from viscoin.data import DataConfig, build_dataset
 from viscoin.model.contract import ConceptModel
+from viscoin.model.flaem import FORMAT as FLAEM_FORMAT
+from viscoin.model.flaem import load_flaem, read_flaem_info
+from viscoin.model.flint import FORMAT as FLINT_FORMAT
+from viscoin.model.flint import load_flint, read_flint_info
 from viscoin.model.viscoin_model import FORMAT as VISCOIN_FORMAT
 from viscoin.model.viscoin_model import load_viscoin, read_viscoin_info
 from viscoin.training.config import data_config_with_overrides
@@ -31,6 +35,8 @@ from viscoin.utils.io import CheckpointError, read_json
 # format tag -> (read its config.json, load it(path, device=...)); every concept-model family adds itself here.
 FAMILIES: dict[str, tuple[Callable[[str | os.PathLike], dict[str, Any]], Callable[..., ConceptModel]]] = {
     VISCOIN_FORMAT: (read_viscoin_info, load_viscoin),
+    FLINT_FORMAT: (read_flint_info, load_flint),
+    FLAEM_FORMAT: (read_flaem_info, load_flaem),
 }
 
 
@@ -38,8 +44,8 @@ def checkpoint_format(path: str | os.PathLike) -> str:
     """The format tag of a checkpoint folder; a clear error when it is not a concept-model checkpoint."""
     config = Path(path) / "config.json"
     if not config.is_file():
-        raise CheckpointError(f"{path}: no config.json; expected a model folder written by `viscoin train` "
-                              f"(e.g. RUN/viscoin)")
+        raise CheckpointError(f"{path}: no config.json; expected a model folder written by `viscoin train`, "
+                              f"`viscoin flint train` or `viscoin flaem train` (RUN/viscoin, RUN/flint, RUN/flaem)")
     info = read_json(config, what="checkpoint config")
     fmt = info.get("format") if isinstance(info, dict) else None
     if fmt not in FAMILIES:
