@@ -8,6 +8,7 @@ classifier f, a tiny StyleGAN2 G, a tiny VisCoIN and a saved VisCoIN checkpoint 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -41,6 +42,26 @@ def fixture_tensors(name: str, file: str) -> dict[str, torch.Tensor]:
 def fixture_order(name: str, file: str) -> list[str]:
     with safe_open(str(FIXTURES / name / file), "pt") as f:
         return json.loads(f.metadata()["state_dict_order"])
+
+
+# Golden outputs of the official code are reproduced bit for bit on the CPU they were made on. On
+# other CPUs (seen: AMD EPYC with the same torch build) BLAS / oneDNN kernels round float32 matrix
+# products differently in the last bits: there the match is to float32 rounding (about 6e-6 seen on
+# images in [-1, 1]). VISCOIN_BIT_EXACT=1 demands bit identity.
+GOLDEN_RTOL = 1e-5
+GOLDEN_ATOL = 2e-5
+
+
+def matches_golden(actual: torch.Tensor, golden: torch.Tensor) -> bool:
+    """Bit-identical, or (unless VISCOIN_BIT_EXACT=1) within float32 rounding of the golden tensor."""
+    if actual.shape != golden.shape or actual.dtype != golden.dtype:
+        return False
+    if torch.equal(actual, golden):
+        return True
+    if os.environ.get("VISCOIN_BIT_EXACT") == "1":
+        return False
+    err = (actual.double() - golden.double()).abs().max().item()
+    return err <= GOLDEN_ATOL + GOLDEN_RTOL * golden.double().abs().max().item()
 
 
 @pytest.fixture(autouse=True)

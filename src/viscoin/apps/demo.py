@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from viscoin.data import build_dataset
 from viscoin.metrics.evaluate import EvaluateConfig, evaluate_checkpoint, markdown_tables
@@ -33,6 +34,7 @@ from viscoin.report.html import write_report
 from viscoin.training.config import load_config
 from viscoin.training.state import latest_checkpoint
 from viscoin.utils.fid import inception_cache_path
+from viscoin.utils.config import ConfigError, config_to_dict
 from viscoin.utils.io import write_json
 
 DEFAULT_OUT = Path("viscoin-demo")
@@ -74,12 +76,16 @@ def run_demo(
     model_dir = out / "viscoin"
     done = (model_dir / "config.json").is_file() and not fresh
     if done:
+        changed = changed_settings(out / "config.yaml", cfg)
+        if changed:
+            raise ConfigError(f"{out} holds a model trained with other settings ({', '.join(changed)} differ); "
+                              f"give --fresh to train again with these, or another --out")
         _step(3, f"reusing the trained model in {model_dir} (--fresh to train again)")
     else:
         resume = not fresh and latest_checkpoint(out / "checkpoints") is not None
         _step(3, f"training VisCoIN ({cfg.iterations} steps, K={cfg.model.num_concepts})"
               + (" - resuming" if resume else ""))
-        train_viscoin(cfg, resume=resume)
+        train_viscoin(cfg, resume=resume, overwrite=fresh)   # --fresh replaces the earlier run
 
     fid, why = _fid_features()
     _step(4, "evaluating with every metric" + (f" (FID on f's features: {why})" if why else ""))
@@ -97,6 +103,22 @@ def run_demo(
     print(markdown_tables(result))
     print(summary(result, index, elapsed))
     return result
+
+
+def changed_settings(saved: Path, cfg: VisCoINTrainConfig) -> list[str]:
+    """Dotted keys whose values in `cfg` differ from the config saved at `saved` (all of them if it is missing)."""
+    if not saved.is_file():
+        return ["config.yaml (missing)"]
+    old = yaml.safe_load(saved.read_text()) or {}
+    new = yaml.safe_load(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
+        if not isinstance(d, dict):
+            return {prefix[:-1]: d}
+        return {k: v for key, value in d.items() for k, v in flat(value, f"{prefix}{key}.").items()}
+
+    a, b = flat(old), flat(new)
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
 
 
 def summary(result: dict[str, Any], index: Path, elapsed: float) -> str:

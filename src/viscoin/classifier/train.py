@@ -126,7 +126,11 @@ def evaluate(
     return {"accuracy": correct / count, "loss": loss_sum / count, "count": int(count)}
 
 
-def train_classifier(cfg: ClassifierTrainConfig, resume: bool = False) -> dict[str, Any]:
+def train_classifier(
+    cfg: ClassifierTrainConfig,
+    resume: bool = False,        # continue from the last checkpoint in run.out_dir
+    overwrite: bool = False,     # replace the run in run.out_dir (refused otherwise)
+) -> dict[str, Any]:
     """Fine-tune the classifier; returns the final metrics. See the module docstring for outputs."""
     train_set = build_dataset(cfg.data, "train")
     test_set = build_dataset(cfg.data, "test")
@@ -138,7 +142,7 @@ def train_classifier(cfg: ClassifierTrainConfig, resume: bool = False) -> dict[s
             "set classifier.num_classes=0 to take it from the data"
         )
 
-    runner = Runner(cfg.run, cfg)
+    runner = Runner(cfg.run, cfg, overwrite=overwrite)
     if cfg.batch_size % runner.world_size != 0:
         raise ConfigError(f"batch_size={cfg.batch_size} is not divisible by the {runner.world_size} devices")
     batch_per_device = cfg.batch_size // runner.world_size

@@ -3,6 +3,7 @@
     viscoin generator import | sample | train | info      (viscoin.cli.generator)
     viscoin classifier train | test                       (viscoin.cli.classifier)
     viscoin train                                         (viscoin.cli.train)
+    viscoin flint train | flaem train                     (viscoin.cli.baseline)
     viscoin evaluate | compare | explain | report | explore | demo  (viscoin.cli.evaluate, ...)
 
 Command-line code lives here only; the commands call the library. Errors the user can fix are
@@ -15,15 +16,15 @@ import argparse
 import sys
 
 import viscoin
-from viscoin.cli import classifier, compare, demo, evaluate, explain, explore, generator, report, train
-from viscoin.cli.common import USER_ERRORS
+from viscoin.cli import baseline, classifier, compare, demo, evaluate, explain, explore, generator, report, train
+from viscoin.cli.common import USER_ERRORS, Parser
 
-COMMANDS = (generator, classifier, train, evaluate, compare, explain, report, explore, demo)
+COMMANDS = (generator, classifier, train, baseline, evaluate, compare, explain, report, explore, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every command."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="viscoin",
         description="VisCoIN: interpretable image classification with concepts visualised by StyleGAN2.",
     )
@@ -34,13 +35,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse; ``KEY=VALUE`` overrides are accepted anywhere on the line (also after options)."""
+    args, extra = parser.parse_known_args(argv)
+    stray = [e for e in extra if e.startswith("-") or "=" not in e]
+    if stray or (extra and not isinstance(getattr(args, "overrides", None), list)):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     try:
         return int(args.func(args) or 0)
     except USER_ERRORS as exc:
         print(f"viscoin: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a read-only folder, a file where a folder is expected, a full disk: one line
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"viscoin: error: cannot write or read{where}: {exc.strerror or exc}", file=sys.stderr)
         return 2
 
 

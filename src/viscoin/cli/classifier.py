@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from viscoin.classifier.train import ClassifierTrainConfig, test_classifier, train_classifier
-from viscoin.cli.common import add_run_arguments
+from viscoin.cli.common import add_run_arguments, non_negative_int, positive_int
 from viscoin.training.config import load_config
 from viscoin.utils.device import resolve_device
 from viscoin.utils.io import write_json
@@ -15,7 +15,7 @@ from viscoin.utils.io import write_json
 
 def cmd_classifier_train(args: argparse.Namespace) -> int:
     cfg = load_config(ClassifierTrainConfig, args.config, args.overrides, family="classifier")
-    train_classifier(cfg, resume=args.resume)  # prints its own summary (on the main process only)
+    train_classifier(cfg, resume=args.resume, overwrite=args.overwrite)  # prints its own summary (on the main process only)
     return 0
 
 
@@ -48,8 +48,8 @@ def register(sub: Any) -> None:
     p.add_argument("overrides", nargs="*", metavar="data.KEY=VALUE",
                    help="changes to the data config it was trained with, e.g. data.root=/elsewhere")
     p.add_argument("--split", choices=["test", "train"], default="test")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--num-workers", type=non_negative_int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, default=None, help="also write the result as JSON")
     p.set_defaults(func=cmd_classifier_test)

@@ -4,8 +4,11 @@ counts, the one-line user errors."""
 from __future__ import annotations
 
 import argparse
+import math
 import pickle
-from typing import Any
+import tempfile
+from pathlib import Path
+from typing import Any, NoReturn
 
 from viscoin.interpret.visualise import ActivationMaximisationConfig
 from viscoin.training.config import shipped_config_names
@@ -16,11 +19,52 @@ from viscoin.utils.io import CheckpointError
 USER_ERRORS = (ValueError, CheckpointError, ConfigError, FileNotFoundError, pickle.UnpicklingError)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``viscoin COMMAND: error: ...``, exit status 2) instead of the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def finite_float(text: str) -> float:
+    """A finite number (nan and inf are refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _int(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= {low}, got {value}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """A whole number >= 1."""
+    return _int(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """A whole number >= 0."""
+    return _int(text, 0)
+
+
 def add_run_arguments(parser: argparse.ArgumentParser, family: str, example: str = "optim.lr=1e-3") -> None:
     """The arguments every `... train` command shares: --config, --resume, KEY=VALUE overrides."""
     names = ", ".join(shipped_config_names(family))
     parser.add_argument("--config", required=True, help=f"YAML file, or a shipped config: {names}")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in run.out_dir")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the run already in run.out_dir (without it, a folder holding a run or other "
+                             "files is refused)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help=f"config overrides (dotted keys), e.g. {example}")
 
@@ -51,3 +95,15 @@ def am_config(args: argparse.Namespace) -> ActivationMaximisationConfig:
     rounds, steps_a, steps_b = args.am_steps
     return ActivationMaximisationConfig(rounds=rounds, steps_a=steps_a, steps_b=steps_b)
 
+
+def check_writable(path: Path, option: str) -> None:
+    """ValueError naming `option` and the path unless a file can be written at `path` (its folder is created)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{option} {path}: is a folder; give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".check"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"{option} {path}: cannot write there ({exc.strerror or exc})") from exc

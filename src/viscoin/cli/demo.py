@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from viscoin.cli.common import non_negative_int, positive_int
 from viscoin.apps.demo import DEFAULT_OUT, run_demo
 
 
@@ -16,10 +17,10 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="demo", help="training config: a shipped name or a YAML file "
                         "(default: demo)")
     parser.add_argument("--fresh", action="store_true", help="train again even if OUT holds a finished model")
-    parser.add_argument("--max-train", type=int, default=2400,
+    parser.add_argument("--max-train", type=non_negative_int, default=2400,
                         help="training images used by the metrics (seeded subset; 0: all; default: 2400)")
-    parser.add_argument("--n-faithfulness", type=int, default=1000, help="test images for faithfulness (default: 1000)")
-    parser.add_argument("--consistency-samples", type=int, default=50,
+    parser.add_argument("--n-faithfulness", type=positive_int, default=1000, help="test images for faithfulness (default: 1000)")
+    parser.add_argument("--consistency-samples", type=positive_int, default=50,
                         help="samples per set and concept for consistency (default: 50)")
 
 

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from viscoin.cli.common import add_am_argument, am_config
+from viscoin.cli.common import add_am_argument, am_config, check_writable, finite_float, non_negative_int, positive_int
 from viscoin.metrics.evaluate import METRICS, EvaluateConfig, evaluate_checkpoint, markdown_tables
 from viscoin.utils.device import resolve_device
 from viscoin.utils.io import write_json
@@ -22,15 +22,15 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
                         help="JSON result file (default: evaluation.json beside the checkpoint folder)")
     parser.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', ... (default: auto)")
     parser.add_argument("--metrics", nargs="+", choices=METRICS, default=list(d.metrics), help="metrics to compute")
-    parser.add_argument("--n-faithfulness", type=int, default=d.n_faithfulness,
+    parser.add_argument("--n-faithfulness", type=positive_int, default=d.n_faithfulness,
                         help=f"random test samples for faithfulness (default: {d.n_faithfulness})")
-    parser.add_argument("--thresholds", type=float, nargs="+", default=list(d.thresholds),
+    parser.add_argument("--thresholds", type=finite_float, nargs="+", default=list(d.thresholds),
                         help="faithfulness thresholds τ (default: 0.1 0.2 0.4)")
-    parser.add_argument("--lambdas", type=float, nargs="+", default=list(d.consistency_lambdas),
+    parser.add_argument("--lambdas", type=finite_float, nargs="+", default=list(d.consistency_lambdas),
                         help="consistency amplifications λ (default: 2 4)")
-    parser.add_argument("--consistency-samples", type=int, default=d.consistency_samples,
+    parser.add_argument("--consistency-samples", type=positive_int, default=d.consistency_samples,
                         help=f"samples per set and concept (default: {d.consistency_samples})")
-    parser.add_argument("--max-concepts", type=int, default=d.max_concepts,
+    parser.add_argument("--max-concepts", type=non_negative_int, default=d.max_concepts,
                         help="consistency on the M most relevant concepts only (default: 0 = all)")
     parser.add_argument("--fid-features", choices=["inception", "classifier", "none"], default=d.fid_features,
                         help="FID feature space: the standard Inception (default; local weights), "
@@ -40,16 +40,16 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lpips-vgg", default=None, metavar="PATH",
                         help="VGG16 ImageNet weights for LPIPS; default: torchvision's cache (skipped if missing)")
     parser.add_argument("--no-lpips", action="store_true", help="do not compute LPIPS")
-    parser.add_argument("--batch-size", type=int, default=d.batch_size, help=f"images per pass (default: {d.batch_size})")
+    parser.add_argument("--batch-size", type=positive_int, default=d.batch_size, help=f"images per pass (default: {d.batch_size})")
     parser.add_argument("--seed", type=int, default=d.seed, help=f"seed of every random choice (default: {d.seed})")
-    parser.add_argument("--max-test", type=int, default=0, help="cap on test samples (seeded subset; default: all)")
-    parser.add_argument("--max-train", type=int, default=0, help="cap on training samples (seeded subset; default: all)")
-    parser.add_argument("--gt-concepts", type=int, default=d.gt_concepts,
+    parser.add_argument("--max-test", type=non_negative_int, default=0, help="cap on test samples (seeded subset; default: all)")
+    parser.add_argument("--max-train", type=non_negative_int, default=0, help="cap on training samples (seeded subset; default: all)")
+    parser.add_argument("--gt-concepts", type=positive_int, default=d.gt_concepts,
                         help=f"ground truth: most relevant concepts whose λ sweeps are judged (default: {d.gt_concepts})")
-    parser.add_argument("--gt-purity", type=float, default=d.gt_purity,
+    parser.add_argument("--gt-purity", type=finite_float, default=d.gt_purity,
                         help="ground truth: an attribute is class-defining when its frequency in every class is "
                              f"<= 1-P or >= P (default: {d.gt_purity}; lower it for noisy labels such as CUB's)")
-    parser.add_argument("--gt-images", type=int, default=d.gt_images,
+    parser.add_argument("--gt-images", type=positive_int, default=d.gt_images,
                         help=f"ground truth: images per judged sweep (default: {d.gt_images})")
     parser.add_argument("--vis-fid-pairs", type=int, default=d.vis_fid_pairs,
                         help="visualisation FID: relevant class-concept pairs drawn, 3 maximally activating samples "
@@ -75,8 +75,9 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
     """``viscoin evaluate``: evaluate, write the JSON, print the Markdown tables. Returns the exit status."""
     cfg = config_from_args(args)
     device = resolve_device(args.device)
-    result = evaluate_checkpoint(args.checkpoint, cfg, device, args.overrides)
     out = args.out if args.out is not None else Path(args.checkpoint).resolve().parent / "evaluation.json"
+    check_writable(out, "--out")          # before the computation, so that none of it is lost
+    result = evaluate_checkpoint(args.checkpoint, cfg, device, args.overrides)
     write_json(out, result)
     print(markdown_tables(result))
     print(f"wrote {out}")

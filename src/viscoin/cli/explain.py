@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from viscoin.cli.common import parse_lambdas
+from viscoin.cli.common import finite_float, parse_lambdas, positive_int
 from viscoin.interpret.explain import explain_image
 from viscoin.utils.device import resolve_device
 
@@ -17,8 +17,8 @@ def add_explain_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("image", type=Path, help="image file to explain (any common format)")
     parser.add_argument("--out", type=Path, default=None,
                         help="figure to write (.png or .jpg; default: IMAGE_STEM-explained.png here)")
-    parser.add_argument("--top-k", type=int, default=4, help="show at most this many concepts (default: 4)")
-    parser.add_argument("--threshold", type=float, default=0.0,
+    parser.add_argument("--top-k", type=positive_int, default=4, help="show at most this many concepts (default: 4)")
+    parser.add_argument("--threshold", type=finite_float, default=0.0,
                         help="show only concepts with local relevance above this (default: 0, i.e. concepts that "
                              "speak for the prediction; paper figures: 0.5)")
     parser.add_argument("--lambdas", default="0,1,2,4", help="multipliers of the concept in the sweep (default: 0,1,2,4)")

@@ -11,7 +11,7 @@ from typing import Any
 
 from viscoin.apps.explorer import DEFAULT_MAX_UPLOAD_MB, ConceptExplorer, load_explorer
 from viscoin.apps.gradio_app import ExploreApp, import_gradio
-from viscoin.cli.common import parse_lambdas
+from viscoin.cli.common import finite_float, non_negative_int, parse_lambdas, positive_int
 from viscoin.utils.device import resolve_device
 
 DEFAULT_CHECKPOINT = Path("viscoin-demo") / "viscoin"    # where `viscoin demo` writes its model
@@ -27,11 +27,11 @@ def add_explore_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to serve on (default: 127.0.0.1, this machine only)")
     parser.add_argument("--port", type=int, default=None, help="port (default: the first free one from 7860)")
-    parser.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB,
+    parser.add_argument("--max-upload-mb", type=finite_float, default=DEFAULT_MAX_UPLOAD_MB,
                         help=f"largest accepted upload in MB (default: {DEFAULT_MAX_UPLOAD_MB:g})")
-    parser.add_argument("--gallery", type=int, default=48, help="test images in the gallery (default: 48)")
-    parser.add_argument("--slots", type=int, default=4, help="concepts that can be moved at once (default: 4)")
-    parser.add_argument("--samples", type=int, default=8,
+    parser.add_argument("--gallery", type=non_negative_int, default=48, help="test images in the gallery (default: 48)")
+    parser.add_argument("--slots", type=positive_int, default=4, help="concepts that can be moved at once (default: 4)")
+    parser.add_argument("--samples", type=positive_int, default=8,
                         help="most activating samples on a concept page (default: 8)")
     parser.add_argument("--lambdas", default="0,1,2,4",
                         help="multipliers of a concept page's sweeps (default: 0,1,2,4)")

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from viscoin.cli.common import add_run_arguments
+from viscoin.cli.common import add_run_arguments, finite_float, non_negative_int, positive_int
 from viscoin.stylegan.checkpoint import import_official, load_discriminator, load_generator, read_checkpoint_info
 from viscoin.stylegan.sampling import parse_seeds, sample
 from viscoin.stylegan.train import GeneratorTrainConfig, train_generator
@@ -71,7 +71,7 @@ def cmd_generator_train(args: argparse.Namespace) -> int:
     if args.data is not None:
         overrides.insert(0, f"data.root={json.dumps(str(args.data))}")  # JSON string: read back as-is by YAML
     cfg = load_config(GeneratorTrainConfig, args.config, overrides, family="generator")
-    train_generator(cfg, resume=args.resume)  # prints its own summary (on the main process only)
+    train_generator(cfg, resume=args.resume, overwrite=args.overwrite)  # prints its own summary (on the main process only)
     return 0
 
 
@@ -92,16 +92,16 @@ def register(sub: Any) -> None:
     p = gsub.add_parser("sample", help="write an image grid from a generator at given seeds")
     p.add_argument("--generator", required=True, type=Path, help="viscoin generator folder or official .pkl")
     p.add_argument("--seeds", default="0-15", help="seeds, e.g. '0-15' or '1,5,9-12' (default: 0-15)")
-    p.add_argument("--truncation", type=float, default=1.0, help="truncation psi (default: 1 = none)")
-    p.add_argument("--truncation-cutoff", type=int, default=None, help="truncate only the first N ws")
-    p.add_argument("--class", dest="class_idx", type=int, default=None, help="class index (conditional generators)")
+    p.add_argument("--truncation", type=finite_float, default=1.0, help="truncation psi (default: 1 = none)")
+    p.add_argument("--truncation-cutoff", type=non_negative_int, default=None, help="truncate only the first N ws")
+    p.add_argument("--class", dest="class_idx", type=non_negative_int, default=None, help="class index (conditional generators)")
     p.add_argument("--noise-mode", choices=["const", "random", "none"], default="const", help="noise inputs (default: const)")
     p.add_argument("--out", required=True, type=Path, help="output image (.png or .jpg)")
     p.add_argument("--ws-out", type=Path, default=None, help="also save the W+ latents (safetensors: ws, seeds)")
-    p.add_argument("--cols", type=int, default=None, help="grid columns (default: square)")
-    p.add_argument("--pad", type=int, default=0, help="pixels between grid cells")
+    p.add_argument("--cols", type=positive_int, default=None, help="grid columns (default: square)")
+    p.add_argument("--pad", type=non_negative_int, default=0, help="pixels between grid cells")
     p.add_argument("--which", choices=["G_ema", "G"], default="G_ema", help="network of an official .pkl")
-    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="images per forward pass")
     p.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', 'cuda:1', ... (default: auto)")
     p.add_argument("--fp16", action="store_true", help="float16 in the high-resolution blocks (CUDA)")
     p.set_defaults(func=cmd_generator_sample)

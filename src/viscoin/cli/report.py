@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from viscoin.cli.common import add_am_argument, am_config, parse_lambdas
+from viscoin.cli.common import add_am_argument, am_config, parse_lambdas, positive_int
 from viscoin.metrics.evaluate import EvaluateConfig, evaluate_checkpoint
 from viscoin.model.loading import load_trained
 from viscoin.report.html import default_metrics_file, default_out_dir, read_metrics, write_report
@@ -33,15 +33,15 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics", type=Path, default=None,
                         help="metrics JSON written by `viscoin evaluate` (default: CHECKPOINT/../evaluation.json if present)")
     parser.add_argument("--evaluate", action="store_true", help="compute the metrics now (slow; instead of --metrics)")
-    parser.add_argument("--pairs", type=int, default=6, help="most relevant class-concept pairs to show (default: 6)")
-    parser.add_argument("--samples", type=int, default=5, help="most activating samples per pair (default: 5)")
+    parser.add_argument("--pairs", type=positive_int, default=6, help="most relevant class-concept pairs to show (default: 6)")
+    parser.add_argument("--samples", type=positive_int, default=5, help="most activating samples per pair (default: 5)")
     parser.add_argument("--lambdas", default="0,1,2,4", help="multipliers of the concept in the sweeps (default: 0,1,2,4)")
     parser.add_argument("--compare", type=Path, nargs="+", default=[], metavar="CHECKPOINT",
                         help="other systems on the same data (e.g. RUN/flint RUN/flaem): adds comparison.html with "
                              "the tables side by side (from each one's evaluation.json, when present) and each "
                              "system's concept visualisations on the same images")
     add_am_argument(parser, "FLINT's pictures on the comparison page")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=positive_int, default=32)
     parser.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', ... (default: auto)")
 
 

@@ -12,7 +12,7 @@ from viscoin.training.config import load_config
 
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(VisCoINTrainConfig, args.config, args.overrides, family="viscoin")
-    train_viscoin(cfg, resume=args.resume)  # prints its own summary (on the main process only)
+    train_viscoin(cfg, resume=args.resume, overwrite=args.overwrite)  # prints its own summary (on the main process only)
     return 0
 
 

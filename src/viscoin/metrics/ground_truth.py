@@ -84,7 +84,7 @@ def class_defining(attributes: torch.Tensor, labels: torch.Tensor, num_classes: 
 
 
 def concept_alignment(
-    phi: torch.Tensor,                   # concept maps of the test split [N, K, 3, 3]
+    pooled: torch.Tensor,                # pooled activations a_k(x) of the test split [N, K]
     attributes: torch.Tensor,            # their attributes [N, A]
     defining: torch.Tensor,              # bool [A], class-defining attributes
     names: Sequence[str],                # attribute names

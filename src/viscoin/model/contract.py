@@ -38,6 +38,7 @@ from torch import nn
 
 from viscoin.model.relevance import local_relevance
 from viscoin.pretrained import is_pretrained_name, resolve
+from viscoin.utils.config import ConfigError
 from viscoin.utils.io import CheckpointError
 
 
@@ -218,3 +219,37 @@ def checked_network(
             f"recorded path {entry['path']}); the {name} given has other weights"
         )
     return module
+
+
+def check_training_data(
+    classifier_info: dict[str, Any],         # config.json of f's checkpoint (`read_classifier_info`)
+    classifier_path: str,                    # where f comes from (for messages)
+    classes: Sequence[str],                  # the training data's class names, in label order
+    resolution: int,                         # data.resolution
+    generator_resolution: int | None = None, # G's output resolution (VisCoIN), if any
+) -> None:
+    """Refuse data that f (or G) was not trained for: other classes or class order, another resolution.
+
+    A relabelled or reordered dataset would leave f's predictions meaningless without an error, and
+    an f run at another resolution than it was trained at loses its accuracy silently.
+    """
+    extra = classifier_info.get("extra") or {}
+    saved = extra.get("classes")
+    if isinstance(saved, list):
+        saved = [str(c) for c in saved]
+        if saved != list(classes):
+            if len(saved) != len(classes):
+                why = f"it has {len(saved)} classes, the data {len(classes)}"
+            else:
+                i = next(i for i, (a, b) in enumerate(zip(saved, classes)) if a != b)
+                why = f"class {i} is {saved[i]!r} for f but {classes[i]!r} in the data"
+            raise ConfigError(f"classifier {classifier_path}: was trained on other classes than the data ({why}); "
+                              "use the data f was trained on, or train f on this data")
+    trained_at = (extra.get("data") or {}).get("resolution")
+    if trained_at is not None and int(trained_at) != resolution:
+        raise ConfigError(f"data.resolution={resolution}, but the classifier {classifier_path} was trained at "
+                          f"{trained_at}x{trained_at}; set data.resolution={trained_at}")
+    if generator_resolution is not None and generator_resolution != resolution:
+        raise ConfigError(f"data.resolution={resolution}, but the generator draws {generator_resolution}x"
+                          f"{generator_resolution} images; use a generator of the data's resolution "
+                          f"(or data.resolution={generator_resolution})")

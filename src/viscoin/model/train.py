@@ -21,8 +21,9 @@ from typing import Any
 
 import torch
 
-from viscoin.classifier.model import load_classifier
+from viscoin.classifier.model import load_classifier, read_classifier_info
 from viscoin.data import DataConfig, build_dataset
+from viscoin.model.contract import check_training_data
 from viscoin.model.losses import LossConfig, viscoin_losses
 from viscoin.model.passes import agreement_check
 from viscoin.model.perceptual import PerceptualDistance, build_perceptual
@@ -102,7 +103,11 @@ def training_losses(
     return x, out, viscoin_losses(out, x, loss_cfg, perceptual, orth)
 
 
-def train_viscoin(cfg: VisCoINTrainConfig, resume: bool = False) -> dict[str, Any]:
+def train_viscoin(
+    cfg: VisCoINTrainConfig,
+    resume: bool = False,        # continue from the last checkpoint in run.out_dir
+    overwrite: bool = False,     # replace the run in run.out_dir (refused otherwise)
+) -> dict[str, Any]:
     """Train Ψ, Θ, Ω; returns the final metrics."""
     f, G = load_frozen_networks(cfg)
     train_set = build_dataset(cfg.data, "train")
@@ -110,8 +115,10 @@ def train_viscoin(cfg: VisCoINTrainConfig, resume: bool = False) -> dict[str, An
     if train_set.num_classes != f.num_classes:
         raise ConfigError(f"classifier {cfg.classifier} has {f.num_classes} classes; {cfg.data.root} has "
                           f"{train_set.num_classes}")
+    check_training_data(read_classifier_info(resolve(cfg.classifier)), cfg.classifier, train_set.classes,
+                        cfg.data.resolution, G.img_resolution)
 
-    runner = Runner(cfg.run, cfg)
+    runner = Runner(cfg.run, cfg, overwrite=overwrite)
     world = runner.world_size
     if cfg.batch_real % world or cfg.batch_synthetic % world:
         raise ConfigError(f"batch_real and batch_synthetic must be divisible by the {world} devices")

@@ -472,14 +472,18 @@ class Fid:
 # Training
 
 
-def train_generator(cfg: GeneratorTrainConfig, resume: bool = False) -> dict[str, Any]:
+def train_generator(
+    cfg: GeneratorTrainConfig,
+    resume: bool = False,        # continue from the last checkpoint in run.out_dir
+    overwrite: bool = False,     # replace the run in run.out_dir (refused otherwise)
+) -> dict[str, Any]:
     """Train (or fine-tune) G and D; returns the final metrics. See the module docstring for outputs."""
     source = read_init_source(cfg.init.source) if cfg.init.source else None
     num_classes = build_dataset(cfg.data, "train", augment=False).num_classes
     cfg = resolve_config(cfg, num_classes, source)
     train_set = build_dataset(cfg.data, "train", augment=False)
 
-    runner = Runner(cfg.run, cfg)
+    runner = Runner(cfg.run, cfg, overwrite=overwrite)
     dev, world = runner.device, runner.world_size
     fp16 = cfg.fp16_blocks if cfg.fp16_blocks != AUTO else dev.type == "cuda"
     if dev.type == "cuda":  # as the official training: cuDNN autotuning, no TF32 (§2.5)
