@@ -10,6 +10,7 @@ sit at module level, where a reader sees them.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -165,3 +166,17 @@ def test_nothing_outside_the_model_reads_its_parts(package):
             if any(f"model{part}" in code for part in MODEL_PARTS):
                 bad.append(f"{path.relative_to(ROOT.parent)}:{i}: {line.strip()}")
     assert not bad, "use the concept-model contract (viscoin.model.contract) instead:\n" + "\n".join(bad)
+
+
+def test_docstrings_cite_nothing_outside_the_repository():
+    repo = ROOT.parent.parent
+    bad = []
+    for path in sorted(ROOT.rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        for needle in ("shared/docs", "method.md", "method page", "../shared"):
+            if needle in text:
+                bad.append(f"{path.relative_to(repo)}: {needle!r}")
+        for doc in set(re.findall(r"docs/[\w.-]+\.md", text)):
+            if not (repo / doc).is_file():
+                bad.append(f"{path.relative_to(repo)}: cites {doc}, which is not in the repository")
+    assert not bad, "\n".join(bad)

@@ -19,6 +19,9 @@ image the discriminator sees (reals and fakes, G and D steps, R1 through it).
 Random numbers come from torch's global generator (the trainer re-seeds it every iteration).
 On CUDA, the backward passes of `grid_sample` and `index_copy` are not deterministic, so
 ``run.deterministic=true`` is for CPU runs.
+
+Section numbers (§) refer to ``docs/stylegan2-ada-training.md``, the clean-room description of the
+official networks and training in this repository.
 """
 
 from __future__ import annotations

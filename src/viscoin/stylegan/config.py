@@ -1,8 +1,7 @@
 """Typed configs of the StyleGAN2-ADA generator and discriminator.
 
 The fields and defaults are those of the official networks' constructor arguments
-(stylegan2-ada-pytorch, see ``shared/docs/stylegan2-ada-format.md`` §2.1 and
-``stylegan2-ada-training.md`` §1.1), grouped into nested dataclasses instead of kwargs dicts.
+(NVIDIA's stylegan2-ada-pytorch, Karras et al., NeurIPS 2020), grouped into nested dataclasses instead of kwargs dicts.
 `*.from_official(init_kwargs)` reads the ``_init_kwargs`` stored in an official pickle,
 `*.to_official()` gives them back.
 

@@ -1,4 +1,4 @@
-"""StyleGAN2-ADA discriminator (clean-room, from ``shared/docs/stylegan2-ada-training.md`` §1).
+"""StyleGAN2-ADA discriminator (clean-room; Karras et al., CVPR 2020 and NeurIPS 2020).
 
 Layout: a chain of `DiscriminatorBlock`s ``b{R}``, ``b{R/2}``, ..., ``b8`` that each halve the
 resolution, an optional label `MappingNetwork` (conditional D only), and the 4x4 head
@@ -8,6 +8,9 @@ Module, parameter and buffer names, and the state-dict order, are those of the o
 networks (training spec §1.7), so an official state dict loads with ``strict=True``. The op
 order follows the spec (and ``stylegan2-ada-format.md`` §3), which makes the float32 CPU forward
 agree with the official ``force_fp32=True`` forward bit for bit.
+
+Section numbers (§) refer to ``docs/stylegan2-ada-training.md``, the clean-room description of the
+official networks and training in this repository.
 """
 
 from __future__ import annotations

@@ -5,14 +5,18 @@ with the conditional discriminator); this file holds the synthesis side, in depe
 `SynthesisLayer` -> `ToRGBLayer` -> `SynthesisBlock` -> `SynthesisNetwork` -> `Generator`.
 
 Parameter names and state-dict order match the official networks
-(``shared/docs/stylegan2-ada-format.md`` §2), and the forward pass follows the op order of the
-official float32 reference (§3), so official weights give bit-identical images on the CPU.
+(stylegan2-ada-pytorch, Karras et al., NeurIPS 2020), and the forward pass follows the op order
+of the official float32 reference, so official weights give the same images on the CPU (bit-identical
+where the goldens were made; other CPUs round float32 matrix products differently in the last bits).
 
 Precision: float32 by default, on every device. `fp16=True` runs the blocks at the
-`num_fp16_res` highest resolutions in float16, as the official training does (§3.9).
+`num_fp16_res` highest resolutions in float16, as the official training does.
 
 Noise: `noise_mode=None` (our default) means 'random' in training mode and 'const' in eval mode,
 so a frozen G is deterministic; 'const', 'random' and 'none' can be asked for explicitly.
+
+Section numbers (§) refer to ``docs/stylegan2-ada-format.md``, the clean-room description of the
+official networks and their checkpoint format in this repository.
 """
 
 from __future__ import annotations
@@ -436,7 +440,7 @@ def random_labels(
 ) -> torch.Tensor | None:
     """[n, c_dim] one-hot labels of classes drawn uniformly, or None for an unconditional generator.
 
-    VisCoIN's training batch (method.md, "Training") adds synthetic images G(mapping(z)),
+    VisCoIN's training batch (paper section 3.4) adds synthetic images G(mapping(z)),
     z ~ N(0, I); a class-conditional G also needs a class for each z, every class equally likely.
     """
     if c_dim == 0:

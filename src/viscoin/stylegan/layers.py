@@ -4,6 +4,9 @@ Equalised learning rate (Karras et al. 2018): weights are stored N(0, 1) / lr_mu
 scaled at run time by lr_multiplier / sqrt(fan_in). Parameter and buffer names, and their
 order, match the official networks' state dicts so that official checkpoints copy over by name
 (the official stylegan2-ada-pytorch networks of Karras et al., NeurIPS 2020; `viscoin.stylegan.official`).
+
+Section numbers (§) refer to ``docs/stylegan2-ada-format.md``, the clean-room description of the
+official networks and their checkpoint format in this repository.
 """
 
 from __future__ import annotations

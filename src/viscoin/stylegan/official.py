@@ -2,8 +2,7 @@
 
 An official pickle is a plain ``pickle.dump`` of a dict ``{training_set_kwargs, G, D, G_ema,
 augment_pipe}`` whose networks are "persistent objects": each one embeds the *source code* of the
-module that defined its class, and the official loader ``exec``s that code (format spec
-``shared/docs/stylegan2-ada-format.md`` §1.1-§1.2). Loading such a file with plain ``pickle.load``
+module that defined its class, and the official loader ``exec``s that code. Loading such a file with plain ``pickle.load``
 or ``torch.load(weights_only=False)`` therefore runs arbitrary code. This module never does that:
 
 * `RestrictedUnpickler` (spec §1.5, §1.6 step 1) maps exactly the allow-list of globals of §1.5 to
@@ -29,6 +28,9 @@ and `load_official` builds our own `Generator`/`Discriminator` from the stored i
 §2.1), checks the module tree (§1.6 step 6) and the stored plain attributes (§1.3), and copies every
 tensor by name with `viscoin.utils.io.copy_named_tensors`, refusing any missing, unexpected or
 mis-shaped one. The imported modules are frozen: eval mode, ``requires_grad`` off.
+
+Section numbers (§) refer to ``docs/stylegan2-ada-format.md``, the clean-room description of the
+official networks and their checkpoint format in this repository.
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@ Each op follows the operation order of the official reference path, so that resu
 with it bit for bit on the CPU in float32 (tests/test_generator.py checks this against golden
 outputs of the official code; re-ordering moves results by float32 rounding only). All ops are
 differentiable.
+
+Section numbers (§) refer to ``docs/stylegan2-ada-format.md``, the clean-room description of the
+official networks and their checkpoint format in this repository.
 """
 
 from __future__ import annotations

@@ -17,6 +17,9 @@ samples and FID, the training loop, the command line. The loop runs on `viscoin.
 resolved config), ``checkpoints/`` (resumable state), ``logs/`` (TensorBoard + CSV),
 ``samples/`` (image grids at fixed seeds), ``G_ema/``, ``G/``, ``D/`` (our checkpoint format,
 with the final augmentation probability in their extras) and ``metrics.json``.
+
+Section numbers (§) refer to ``docs/stylegan2-ada-training.md``, the clean-room description of the
+official networks and training in this repository.
 """
 
 from __future__ import annotations
