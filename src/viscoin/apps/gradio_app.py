@@ -277,7 +277,8 @@ class ExploreApp:
                 self.upload = gr.File(label=f"or upload an image (≤ {ex.max_upload_bytes / 2**20:.3g} MB)",
                                       type="filepath", file_count="single", elem_id="explore-upload")
                 with gr.Row():
-                    self.g_label = gr.Label(label="g: VisCoIN's prediction", num_top_classes=3, elem_id="explore-g")
+                    self.g_label = gr.Label(label=f"g: {self.explorer.model.family}'s prediction", num_top_classes=3,
+                                            elem_id="explore-g")
                     self.f_label = gr.Label(label="f: the classifier's prediction", num_top_classes=3,
                                             elem_id="explore-f")
             with gr.Column(scale=2):
@@ -285,7 +286,8 @@ class ExploreApp:
                     self.input_image = gr.Image(label="input x", elem_id="explore-input", **img)
                     self.reconstruction = gr.Image(label="reconstruction x̃ (every λ = 1)",
                                                    elem_id="explore-reconstruction", **img)
-                    self.edited = gr.Image(label="edited: G(w̄ + Ω(Φ_λ, Φ'))", elem_id="explore-edited", **img)
+                    self.edited = gr.Image(label=f"edited: {self.explorer.model.decoder_name} with Φ_λ",
+                                           elem_id="explore-edited", **img)
                 with gr.Row():
                     self.added = gr.Image(label="Δ added (edited − x̃)", elem_id="explore-added", **img)
                     self.removed = gr.Image(label="Δ removed (x̃ − edited)", elem_id="explore-removed", **img)

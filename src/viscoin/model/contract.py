@@ -119,6 +119,11 @@ class ConceptModel(nn.Module, ABC):
     def decode(self, phi: torch.Tensor, support: torch.Tensor | None) -> torch.Tensor:
         """The image [N, 3, R, R] (nominally in [-1, 1]) of concept maps Φ [N, K, h, w] and Φ'."""
 
+    @property
+    def decoder_name(self) -> str:
+        """What turns concept maps into an image, for captions (VisCoIN: ``G(w̄ + Ω(Φ, Φ'))``)."""
+        return f"{self.family}'s decoder"
+
     def describe(self) -> dict[str, str]:
         """Settings worth showing in a report (name -> value)."""
         return {"family": self.family, "concepts K": str(self.num_concepts), "classes C": str(self.num_classes),

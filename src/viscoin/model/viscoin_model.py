@@ -105,6 +105,10 @@ class VisCoIN(ConceptModel):
         """G's frozen average latent w̄ [w_dim]."""
         return self.G.w_avg
 
+    @property
+    def decoder_name(self) -> str:
+        return "G(w̄ + Ω(Φ, Φ'))"
+
     def describe(self) -> dict[str, str]:
         return {**super().describe(), "support branch Φ'": str(self.config.use_support),
                 "generator": f"StyleGAN2 {self.G.img_resolution}×{self.G.img_resolution}, {self.num_ws} W+ vectors"}

@@ -350,8 +350,8 @@ training images of class c (paper section 3.5).</p>
 
 <h2>Concepts of the most relevant pairs</h2>
 <p>As in the paper's figure 4 and appendix E: concept j is visualised by scaling its activation map
-φ<sub>j</sub>(x) by λ and regenerating G(w̄ + Ω(Φ<sub>λ</sub>(x), Φ'(x))); λ = 0 removes the concept,
-λ = 1 is the reconstruction, larger λ exaggerates it.</p>
+φ<sub>j</sub>(x) by λ and decoding the edited maps with {_e(model.decoder_name)} (everything else fixed);
+λ = 0 removes the concept, λ = 1 is the reconstruction, larger λ exaggerates it.</p>
 {''.join(pair_sections)}
 </main>
 </body>
