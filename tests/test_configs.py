@@ -20,6 +20,7 @@ from conftest import make_folder, tiny_f, tiny_G
 from viscoin.classifier.model import save_classifier
 from viscoin.classifier.train import ClassifierTrainConfig, train_classifier
 from viscoin.model.train import VisCoINTrainConfig, train_viscoin
+from viscoin.model.train_baseline import FlaemTrainConfig, FlintTrainConfig, train_baseline
 from viscoin.stylegan import save_network
 from viscoin.stylegan.train import GeneratorTrainConfig, train_generator
 from viscoin.training.config import load_config, shipped_config_names
@@ -70,10 +71,22 @@ def run_viscoin(name: str, setup: dict[str, Path], out: Path) -> dict:
     return train_viscoin(cfg)
 
 
+def run_baseline(family: str, name: str, setup: dict[str, Path], out: Path) -> dict:
+    cls, model = {"flint": (FlintTrainConfig, ["model.channels=8"]), "flaem": (FlaemTrainConfig, [])}[family]
+    cfg = load_config(cls, name, [
+        *data_overrides(setup["folder"], 32), f"classifier={json.dumps(str(setup['f']))}", "model.num_concepts=4",
+        *model, "iterations=1", "batch_size=2", "sample_every=1", "eval_every=1", "eval_samples=2",
+        f"run.out_dir={json.dumps(str(out))}", "run.progress=false", "run.accelerator=cpu", "run.precision=32-true",
+    ], family=family)
+    return train_baseline(cfg)
+
+
 RUNNERS: dict[str, Callable[[str, dict[str, Path], Path], dict]] = {
     "classifier": run_classifier,
     "generator": run_generator,
     "viscoin": run_viscoin,
+    "flint": lambda name, setup, out: run_baseline("flint", name, setup, out),
+    "flaem": lambda name, setup, out: run_baseline("flaem", name, setup, out),
 }
 
 
@@ -102,4 +115,4 @@ def test_shipped_config_trains_one_step(family, name, setup, tmp_path):
     else:
         assert metrics["steps"] == 1 and 0 <= metrics["test_accuracy_g"] <= 1
         assert torch.isfinite(torch.tensor(metrics["test_mse"]))
-        assert (out / "viscoin" / "weights.safetensors").is_file() and list((out / "samples").glob("rec-*.png"))
+        assert (out / family / "weights.safetensors").is_file() and list((out / "samples").glob("rec-*.png"))

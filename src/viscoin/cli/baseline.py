@@ -20,7 +20,7 @@ SUMMARY = {
 
 def cmd_baseline_train(args: argparse.Namespace) -> int:
     cfg = load_config(CONFIGS[args.family], args.config, args.overrides, family=args.family)
-    train_baseline(cfg, resume=args.resume)  # prints its own summary (on the main process only)
+    train_baseline(cfg, resume=args.resume, overwrite=args.overwrite)  # prints its own summary (main process only)
     return 0
 
 

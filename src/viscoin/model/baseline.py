@@ -1,7 +1,7 @@
 """What the paper's two baselines, FLINT and FLAEM, share: a vector of K concepts per image.
 
 VisCoIN's appendix B.3.1 re-trains both on the same frozen classifier f and with the same K as
-VisCoIN (``shared/docs/baselines.md``, introduction). Unlike VisCoIN, they give one non-negative
+VisCoIN (``docs/baselines.md``, introduction). Unlike VisCoIN, they give one non-negative
 number per concept, no spatial map. To obey the concept-model contract
 (`viscoin.model.contract.ConceptModel`) unchanged, that vector is carried as concept maps
 Φ [N, K, 1, 1]: max-pooling a 1×1 map is the number itself, so every metric's edit of Φ (scale φ_j,

@@ -1,6 +1,6 @@
 """FLINT (Parekh et al., NeurIPS 2021) as the VisCoIN paper re-trains it (VisCoIN appendix B.3.1).
 
-``shared/docs/baselines.md``, section "FLINT", describes the published architecture and losses;
+``docs/baselines.md``, section "FLINT", describes the published architecture and losses;
 marks there: *(code)* read from the authors' release, *(paper)* VisCoIN's changes, *(ours)*.
 
     x --f (frozen)--> layer3, layer4.-2 --Ψ--> Φ(x) [N, K] >= 0 (a vector: carried as [N, K, 1, 1])

@@ -13,7 +13,7 @@ the predictor, the decoder), the family's raw loss terms (`loss_terms`), weighte
 section at the current epoch or step (`schedule_unit`), and an Adam step on the extractor,
 predictor and decoder only: f is frozen, outside the optimiser and the checkpoints.
 `restarts` starts a fresh Adam at a new learning rate at given epochs or steps (FLINT's CUB code
-restarts at epoch 19 with lr 4e-5; ``shared/docs/baselines.md``, "Losses").
+restarts at epoch 19 with lr 4e-5; ``docs/baselines.md``, "Losses").
 
 Outputs in ``run.out_dir``: ``config.yaml``, ``checkpoints/``, ``logs/`` (every raw loss term
 ``loss/<term>``, its weight ``weight/<term>``, the weighted ``loss/total``), ``samples/`` (a row of
@@ -32,6 +32,7 @@ import torch
 from viscoin.classifier.model import Classifier, load_classifier, read_classifier_info
 from viscoin.data import DataConfig, build_dataset
 from viscoin.model.baseline import Schedule, VectorConceptModel, check_schedule, scheduled
+from viscoin.model.contract import check_training_data
 from viscoin.model.flaem import Flaem, FlaemConfig, FlaemLossConfig
 from viscoin.model.flint import Flint, FlintConfig, FlintLossConfig
 from viscoin.model.passes import agreement_check
@@ -113,15 +114,12 @@ def load_frozen_classifier(cfg: BaselineTrainConfig) -> Classifier:
 
 
 def check_classes(cfg: BaselineTrainConfig, f: Classifier, classes: list[str]) -> None:
-    """ConfigError unless the training data has f's class count and, when f recorded them, its class names in order."""
-    where = cfg.data.root or cfg.data.kind
+    """ConfigError unless the training data has f's class count, its class names in order and its resolution
+    (when f's checkpoint records them: `check_training_data`)."""
     if len(classes) != f.num_classes:
-        raise ConfigError(f"classifier {cfg.classifier} has {f.num_classes} classes; {where} has {len(classes)}")
-    saved = (read_classifier_info(resolve(cfg.classifier)).get("extra") or {}).get("classes")
-    if isinstance(saved, list) and [str(c) for c in saved] != list(classes):
-        i = next(i for i, (a, b) in enumerate(zip(classes, saved)) if a != str(b))
-        raise ConfigError(f"{where}: its classes differ from those classifier {cfg.classifier} was trained on "
-                          f"(class {i}: {classes[i]!r} here, {saved[i]!r} for f)")
+        raise ConfigError(f"classifier {cfg.classifier} has {f.num_classes} classes; "
+                          f"{cfg.data.root or cfg.data.kind} has {len(classes)}")
+    check_training_data(read_classifier_info(resolve(cfg.classifier)), cfg.classifier, classes, cfg.data.resolution)
 
 
 def schedule_position(cfg: BaselineTrainConfig, step: int, steps_per_epoch: int) -> int:
@@ -150,16 +148,21 @@ def weighted_losses(
     return out, terms
 
 
-def train_baseline(cfg: BaselineTrainConfig, resume: bool = False) -> dict[str, Any]:
+def train_baseline(
+    cfg: BaselineTrainConfig,
+    resume: bool = False,        # continue from the last checkpoint in run.out_dir
+    overwrite: bool = False,     # replace the run in run.out_dir (refused otherwise)
+) -> dict[str, Any]:
     """Train the family of `cfg` (FLINT or FLAEM) on its frozen f; returns the final metrics."""
     family = type(cfg).model_class
     f = load_frozen_classifier(cfg)
     train_set = build_dataset(cfg.data, "train")
     test_set = build_dataset(cfg.data, "test")
     check_classes(cfg, f, train_set.classes)
+    torch.manual_seed(cfg.run.seed)                                 # the initial weights depend on run.seed only
     model = family(cfg.model, f, resolution=cfg.data.resolution)   # type: ignore[attr-defined]
 
-    runner = Runner(cfg.run, cfg)
+    runner = Runner(cfg.run, cfg, overwrite=overwrite)
     world = runner.world_size
     if cfg.batch_size % world:
         raise ConfigError(f"batch_size={cfg.batch_size} must be divisible by the {world} devices")
