@@ -11,9 +11,15 @@ instead of the tiny random one.
 from __future__ import annotations
 
 import importlib.util
+import ipaddress
 import os
+import re
 import socket
+import struct
 import sys
+import time
+import urllib.request
+import zlib
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -136,7 +142,7 @@ def test_uploads_are_checked_before_decoding(explorer, tmp_path):
         explorer.select_upload(text)
     big = write_png(tmp_path / "big.png", 200)                         # ~120 kB of noise
     assert big.stat().st_size > MAX_UPLOAD_MB * 2**20
-    with pytest.raises(UploadError, match=r"big.png is 0.1 MB, over the limit of 0.05 MB \(--max-upload-mb\)"):
+    with pytest.raises(UploadError, match=r"big.png is too large: 0.1 MB, over the limit of 0.05 MB \(--max-upload-mb\)"):
         explorer.select_upload(big)
     empty = tmp_path / "empty.png"
     empty.write_bytes(b"")
@@ -148,6 +154,38 @@ def test_uploads_are_checked_before_decoding(explorer, tmp_path):
         explorer.select_upload(truncated, "cut.png")
     with pytest.raises(UploadError, match="not a file"):
         check_upload(tmp_path, 10**6)
+
+
+def header_only_png(path: Path, width: int, height: int) -> Path:
+    """A PNG that declares width x height pixels in a few dozen bytes (its pixel data is never read)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.mark.parametrize("width, height", [(7000, 7000),      # over our 40 megapixels (PIL would only warn)
+                                           (20000, 20000),    # over PIL's own decompression-bomb limit too
+                                           (2**31 - 1, 1)])   # absurd
+def test_an_upload_with_too_many_pixels_is_called_too_large(explorer, tmp_path, width, height):
+    png = header_only_png(tmp_path / "huge.png", width, height)
+    assert png.stat().st_size < 200
+    for call in (lambda: explorer.select_upload(png), lambda: check_upload(png, 10**6)):
+        with pytest.raises(UploadError) as info:
+            call()
+        assert re.fullmatch(r"upload rejected: huge.png is too large: .*more than 40 megapixels", str(info.value))
+        assert "not an image" not in str(info.value)
+
+
+def test_an_upload_with_too_many_bytes_is_called_too_large(explorer, tmp_path):
+    big = write_png(tmp_path / "big.png", 200)                         # a valid image, over the byte limit
+    with pytest.raises(UploadError, match=r"^upload rejected: big.png is too large: 0.1 MB, over the limit"):
+        explorer.select_upload(big)
+    with pytest.raises(UploadError, match=r"^upload rejected: small.png is too large: .* over the limit"):
+        check_upload(write_png(tmp_path / "small.png", 8), 100)
 
 
 def test_concept_page(explorer):
@@ -178,7 +216,10 @@ def test_concept_page(explorer):
 def run_explore(argv: list[str]) -> int:
     from viscoin.cli import main
 
-    return main(["explore", *argv])
+    try:
+        return main(["explore", *argv])
+    except SystemExit as exc:       # argparse's own one-line errors (e.g. --slots 0) exit with status 2
+        return int(exc.code or 0)
 
 
 def test_explore_command_errors(tmp_path, monkeypatch, capsys):
@@ -194,7 +235,7 @@ def test_explore_command_errors(tmp_path, monkeypatch, capsys):
     assert run_explore(["--max-upload-mb", "0"]) == 2
     assert "--max-upload-mb: expected > 0" in capsys.readouterr().err
     assert run_explore(["--slots", "0"]) == 2
-    assert "--slots: expected >= 1" in capsys.readouterr().err
+    assert "--slots: expected a whole number >= 1, got 0" in capsys.readouterr().err
 
 
 def test_explore_without_gradio_says_how_to_install_it(setup, monkeypatch, capsys):
@@ -268,6 +309,63 @@ def test_handlers_report_errors_in_the_page(app, explorer, tmp_path, monkeypatch
         taken.listen()
         with pytest.raises(ValueError, match="--port .*choose another --port"):
             app.launch("127.0.0.1", taken.getsockname()[1], block=False)
+
+
+@gradio_missing
+def test_the_server_contacts_no_other_machine(explorer, monkeypatch):
+    """Building the app, serving it and answering requests opens connections to this machine only: no analytics,
+    no version check, no font or CDN fetch from the server side (every other address is refused and recorded)."""
+    from viscoin.apps.gradio_app import ExploreApp
+
+    contacted: list[object] = []
+    resolved: list[object] = []
+
+    def local(host: object) -> bool:
+        if isinstance(host, bytes):
+            host = host.decode()
+        if not isinstance(host, str) or host == "" or host.startswith("/"):     # a Unix socket is local too
+            return True
+        try:
+            return host == "localhost" or ipaddress.ip_address(host.split("%")[0]).is_loopback
+        except ValueError:
+            return False
+
+    real_connect, real_connect_ex, real_getaddrinfo = socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo
+
+    def connect(self, address):
+        contacted.append(address)
+        if not local(address[0] if isinstance(address, tuple) else address):
+            raise OSError(f"test: outgoing connection to {address} refused")
+        return real_connect(self, address)
+
+    def connect_ex(self, address):
+        contacted.append(address)
+        if not local(address[0] if isinstance(address, tuple) else address):
+            return 111
+        return real_connect_ex(self, address)
+
+    def getaddrinfo(host, *args, **kwargs):
+        resolved.append(host)
+        if not local(host):
+            raise socket.gaierror(f"test: name lookup of {host} refused")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    app = ExploreApp(explorer, slots=2, samples=2, sweeps=1, title="no outgoing connection")
+    url = app.launch("127.0.0.1", free_port(), block=False)
+    try:
+        for path in ("", "config", "gradio_api/info"):
+            with urllib.request.urlopen(url.rstrip("/") + "/" + path, timeout=30) as response:
+                assert response.status == 200 and response.read()
+        time.sleep(2)                                  # room for a background thread (analytics, update check)
+    finally:
+        app.blocks.close()
+    remote = [a for a in contacted if not local(a[0] if isinstance(a, tuple) else a)]
+    lookups = [h for h in resolved if not local(h)]
+    assert remote == [] and lookups == [], f"the server reached out: {remote} {lookups}"
+    assert any(isinstance(a, tuple) and a[0] == "127.0.0.1" for a in contacted)    # the requests did go through
 
 
 # ---------------------------------------------------------------------------------------------

@@ -227,7 +227,9 @@ def test_synthesis_runs_under_bf16_autocast():
     ref = G.synthesis(ws)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         img = G.synthesis(ws)
+        assert img.dtype == torch.bfloat16                  # autocast took effect (not a float32 pass)
     assert img.shape == ref.shape and torch.isfinite(img.float()).all()
     assert (img.float() - ref).abs().max() < 0.05 * ref.abs().max() + 0.05
+    assert not torch.equal(img.float(), ref)                # and it computed in bf16: not bit-equal to float32
     img.float().square().mean().backward()
     assert ws.grad is not None and ws.grad.abs().sum() > 0

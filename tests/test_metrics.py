@@ -13,6 +13,7 @@ from conftest import ListDataset, make_folder, tiny_model
 
 from viscoin.classifier.model import save_classifier
 from viscoin.interpret import ConceptExplainer
+from viscoin.model.contract import ConceptModel
 from viscoin.model.passes import Encoded, encode_dataset
 from viscoin.model.relevance import global_relevance
 from viscoin.metrics.consistency import FEATURE_LAYER, consistency, relevant_classes
@@ -152,6 +153,149 @@ def test_consistency_separates_a_concept_that_matters_from_one_that_cannot():
     assert per["1"] == pytest.approx(0.5)   # concept 1's edits give identical images: chance
     assert res["lambdas"]["2.0"]["count"] == 2 and res["classes"]["0"] == [0]
     assert res["lambdas"]["2.0"]["mean"] == pytest.approx((per["0"] + per["1"]) / 2)
+
+
+class PixelF(torch.nn.Module):
+    """A hand-made f on 1x1 "images" whose channels are (a_0, a_1, 0): logits (0.5 a_0, a_1 + 0.5); its "layer2"
+    is the image itself."""
+
+    num_classes = 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        return torch.stack([0.5 * x[:, 0], x[:, 1] + 0.5], dim=1)
+
+    def stage_output(self, x: torch.Tensor, stage: str) -> torch.Tensor:
+        assert stage == FEATURE_LAYER
+        return x
+
+
+class HandModel(ConceptModel):
+    """Two concepts; g's weights W [2, 2] (no bias); the decoder writes each concept's pooled activation into one
+    channel of a 1x1 image, and records every Φ it is given."""
+
+    family = "hand-made"
+
+    def __init__(self, weight: list[list[float]]) -> None:
+        super().__init__(PixelF(), resolution=1)
+        self.weight = torch.nn.Parameter(torch.tensor(weight), requires_grad=False)
+        self.decoded: list[torch.Tensor] = []
+
+    @property
+    def num_concepts(self) -> int:
+        return 2
+
+    def encode(self, x: torch.Tensor):
+        raise NotImplementedError
+
+    def predictor_weights(self):
+        return self.weight, None
+
+    def decode(self, phi: torch.Tensor, support: torch.Tensor | None) -> torch.Tensor:
+        self.decoded.append(phi.detach().clone())
+        a = self.pool(phi)
+        return torch.stack([a[:, 0], a[:, 1], torch.zeros_like(a[:, 0])], dim=1)[:, :, None, None]
+
+
+def hand_encoding(pooled: list[list[float]], logits_g: list[list[float]], labels: list[int], size: int = 1,
+                  ) -> Encoded:
+    """Φ [N, 2, size, size] whose maps peak at the given pooled activations (not constant maps when size > 1)."""
+    pattern = torch.linspace(1.0, 0.25, size * size).view(size, size)         # its maximum is 1
+    phi = torch.tensor(pooled)[:, :, None, None] * pattern
+    n = len(pooled)
+    return Encoded(torch.arange(n), torch.tensor(labels), phi, None, torch.tensor(logits_g))
+
+
+def sigmoid(v: float) -> float:
+    return 1.0 / (1.0 + float(np.exp(-v)))
+
+
+def test_faithfulness_by_hand_uses_gs_class_and_fs_probabilities():
+    """Sample A: g predicts class 0 while f (on the reconstruction) predicts class 1. FF zeroes the concepts relevant
+    to g's class ĉ = 0 (concept 0, not concept 1) and reads f's probability of ĉ (not of f's own class)."""
+    model = HandModel([[1.0, 0.05], [0.05, 1.0]])
+    enc = hand_encoding([[1.0, 1.0], [0.2, 2.0]], logits_g=[[2.0, 0.0], [0.0, 3.0]], labels=[0, 1])
+    # f on the reconstructions: A (0.5, 1.5) -> class 1; B (0.1, 2.5) -> class 1 = g's class
+    assert model.classify(model.decode(enc.phi, None)).argmax(1).tolist() == [1, 1]
+    p0_rec_a, p1_rec_b = sigmoid(0.5 - 1.5), sigmoid(2.5 - 0.1)
+    # τ = 0.1: A's relevances for ĉ = 0 are (1, 0.05): concept 0 goes, f's logits (0, 1.5);
+    #          B's for ĉ = 1 are (0.005, 1): concept 1 goes, f's logits (0.1, 0.5)
+    ff_a, ff_b = p0_rec_a - sigmoid(0.0 - 1.5), p1_rec_b - sigmoid(0.5 - 0.1)
+    # τ = 0.001: both of A's concepts go (logits (0, 0.5)); B keeps concept 0 again (0.005 > τ: goes too -> (0, 0.5))
+    ff_a_low, ff_b_low = p0_rec_a - sigmoid(0.0 - 0.5), p1_rec_b - sigmoid(0.5 - 0.0)
+    res = faithfulness(model, enc, thresholds=(0.1, 0.001), seed=0, batch_size=1)
+    assert res["thresholds"]["0.1"]["median"] == pytest.approx((ff_a + ff_b) / 2, abs=1e-6)
+    assert res["thresholds"]["0.1"]["mean"] == pytest.approx((ff_a + ff_b) / 2, abs=1e-6)
+    assert res["thresholds"]["0.1"]["removed_mean"] == 1.0
+    assert res["thresholds"]["0.001"]["median"] == pytest.approx((ff_a_low + ff_b_low) / 2, abs=1e-6)
+    assert res["thresholds"]["0.001"]["removed_mean"] == 2.0
+    # what the wrong choices would give (so the numbers above tell them apart)
+    wrong_class = (1 - p0_rec_a) - (1 - sigmoid(0.0 - 1.5))             # f's class instead of g's for A
+    wrong_concept = p0_rec_a - sigmoid(0.5 - 0.5)                       # A's concept 1 removed (relevant to class 1)
+    assert len({round(v, 4) for v in (ff_a, wrong_class, wrong_concept)}) == 3
+    # the random baseline removes one concept per sample at τ = 0.1: one of the two hand-computed outcomes each
+    from viscoin.metrics.faithfulness import faithfulness_scores
+
+    scores = faithfulness_scores(model, enc, thresholds=(0.1,), seed=3)
+    a_options = (ff_a, wrong_concept)
+    b_options = (ff_b, p1_rec_b - sigmoid(2.5 - 0.0))                   # B without concept 0: logits (0, 2.5)
+    assert min(abs(float(scores["random@0.1"][0]) - v) for v in a_options) < 1e-6
+    assert min(abs(float(scores["random@0.1"][1]) - v) for v in b_options) < 1e-6
+
+
+def test_svm_is_fitted_on_the_training_set_and_scored_on_the_test_set():
+    """Training set: classes at x < 0 and x > 0 (threshold ~0). Test set: 2 class-0 points at 3, 6 class-1 points at
+    5..6. Fitted on the training set, every test point is called class 1: 6/8 = 0.75. The other way round
+    (fitted on the test set, threshold ~4, scored on the training set) would give 4/8 = 0.5."""
+    from viscoin.metrics.consistency import svm_accuracy
+
+    x_train = np.array([[-2.0], [-1.8], [-1.6], [-1.4], [1.4], [1.6], [1.8], [2.0]])
+    y_train = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    x_test = np.array([[3.0], [3.2], [5.0], [5.2], [5.4], [5.6], [5.8], [6.0]])
+    y_test = np.array([0, 0, 1, 1, 1, 1, 1, 1])
+    acc, _ = svm_accuracy(x_train, y_train, x_test, y_test, c_grid=(0.1, 1.0, 10.0), folds=2)
+    assert acc == 0.75
+    swapped, _ = svm_accuracy(x_test, y_test, x_train, y_train, c_grid=(0.1, 1.0, 10.0), folds=2)
+    assert swapped == 0.5
+
+
+def test_consistency_edits_phi_k_to_a_constant_lambda_phi_max_and_fits_on_train(monkeypatch):
+    import viscoin.metrics.consistency as cons
+
+    model = HandModel([[1.0, 0.0], [0.0, 1.0]])                         # g: ĉ = argmax a
+    # concept 0 is relevant to class 0 only (r = 1 there, 0 for class 1); the two most activating of each split
+    train = hand_encoding([[2.0, 0.5], [1.0, 0.2], [3.0, 0.1], [0.1, 1.5], [0.2, 2.5]], [[0, 0]] * 5,
+                          labels=[0, 0, 0, 1, 1], size=3)
+    test = hand_encoding([[0.5, 0.3], [0.8, 0.6], [0.1, 0.9], [0.3, 0.05]], [[0, 0]] * 4,
+                         labels=[0, 0, 1, 0], size=3)
+    calls = []
+
+    def recording_svm(x_train, y_train, x_test, y_test, *args):
+        calls.append((x_train, y_train, x_test, y_test))
+        return 1.0, 1.0
+
+    monkeypatch.setattr(cons, "svm_accuracy", recording_svm)
+    res = consistency(model, train, test, lambdas=(2.0, 4.0), samples=2, concepts=[0], batch_size=3)
+    assert res["classes"]["0"] == [0]
+    decoded = torch.cat(model.decoded)                                  # train's variants, then test's
+    rows_tr, rows_te = [2, 0], [1, 0]                                   # top a_0 among class-0 samples
+    phi_max_tr, phi_max_te = 3.0, 0.8
+    n = 2
+    for part, enc, rows, phi_max in ((decoded[:3 * n], train, rows_tr, phi_max_tr),
+                                     (decoded[3 * n:], test, rows_te, phi_max_te)):
+        assert part.shape == (3 * n, 2, 3, 3)
+        original = enc.phi[rows]
+        for v, value in enumerate((0.0, 2.0 * phi_max, 4.0 * phi_max)):
+            variant = part[v * n:(v + 1) * n]
+            assert torch.equal(variant[:, 0], torch.full((n, 3, 3), value))   # constant map λ·φ_max (or 0)
+            assert torch.equal(variant[:, 1], original[:, 1])                 # the other concept unchanged
+    assert len(calls) == 2                                              # one fit per λ
+    for (x_tr, y_tr, x_te, y_te), lam in zip(calls, (2.0, 4.0)):
+        # features: f's "layer2" of the decoded image = (a_0', a_1', 0); "on" rows first, then "off" rows
+        expected_tr = [[lam * 3.0, 0.1, 0], [lam * 3.0, 0.5, 0], [0, 0.1, 0], [0, 0.5, 0]]
+        expected_te = [[lam * 0.8, 0.6, 0], [lam * 0.8, 0.3, 0], [0, 0.6, 0], [0, 0.3, 0]]
+        assert np.allclose(x_tr, expected_tr) and y_tr.tolist() == [1, 1, 0, 0]
+        assert np.allclose(x_te, expected_te) and y_te.tolist() == [1, 1, 0, 0]
 
 
 def test_relevant_classes_fall_back_to_top1_and_layer_features_shape():

@@ -15,6 +15,8 @@ import torch
 
 from conftest import CHROMIUM, CHROMIUM_ARGS, CLASSES, browser_unavailable, save_tiny_setup
 from viscoin.cli.report import add_report_arguments, run_report_command
+from viscoin.report.html import MANIFEST
+from viscoin.utils.io import sha256_file, write_json
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
@@ -25,9 +27,11 @@ def report(tmp_path_factory):
         ckpt, _ = save_tiny_setup(root)
         metrics = root / "evaluation-copy.json"
         metrics.write_text(json.dumps({"dataset": "shapes", "accuracy": {"f": 1.0, "g": 0.9, "agreement": 0.9}}))
-        stale = ckpt.parent / "report" / "figures" / "pair-09-class0-concept0.png"
+        stale = ckpt.parent / "report" / "figures" / "pair-09-class0-concept0.png"   # an earlier report's figure
         stale.parent.mkdir(parents=True)
         stale.write_bytes(b"old")
+        write_json(stale.parent.parent / MANIFEST, {"written_by": "viscoin report", "files": {
+            "figures/pair-09-class0-concept0.png": sha256_file(stale)}})
         assert run_report([str(ckpt), "--metrics", str(metrics), "--pairs", "3", "--samples", "3",
                            "--device", "cpu"]) == 0
         return ckpt.parent / "report" / "index.html"

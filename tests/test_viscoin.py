@@ -155,8 +155,13 @@ def test_support_vectors_need_a_large_enough_generator():
 def test_forward_and_losses_under_bf16_autocast():
     model = tiny_model()
     x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        ref = model(x)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(x)
+        # autocast took effect: Ψ, Θ, Ω and G ran in bf16, not float32
+        assert {out.phi.dtype, out.logits_g.dtype, out.x_rec.dtype} == {torch.bfloat16}
+    assert not torch.equal(out.x_rec.float(), ref.x_rec) and torch.allclose(out.x_rec.float(), ref.x_rec, atol=0.1)
     terms = viscoin_losses(out, x, LossConfig(beta=0.0), None, model.psi.orthogonality_loss())
     assert terms["total"].dtype == torch.float32 and torch.isfinite(terms["total"])
     terms["total"].backward()

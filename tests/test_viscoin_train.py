@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 import os
 import signal
 import subprocess
@@ -14,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import make_folder
+from conftest import make_folder, save_tiny_setup
 from viscoin.cli import main
 from viscoin.model import load_viscoin
 from viscoin.stylegan import Generator, GeneratorConfig, MappingConfig, SynthesisConfig, save_network
@@ -67,8 +69,13 @@ def test_train_kill_resume_and_g_agrees_with_f(setup, tmp_path):
     assert proc.poll() is None, "the run ended before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    killed_at = json.loads(latest.read_text())["step"]            # the last checkpoint before the kill
+    assert 0 < killed_at < 150
     res = subprocess.run(cmd(setup, run, "--resume"), env=ENV, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
+    # A resume, not a restart (which would also end with equal weights): it says it continued from that step.
+    assert f"resuming from {run / 'checkpoints' / f'step-{killed_at:09d}'}\n" in res.stdout + res.stderr
+    assert json.loads((run / "metrics.json").read_text())["steps"] == 150
     a = load_file(str(ref / "viscoin" / "weights.safetensors"))
     b = load_file(str(run / "viscoin" / "weights.safetensors"))
     for k in a:
@@ -82,3 +89,72 @@ def test_missing_networks_are_clear_errors(setup, tmp_path, capsys):
     assert main(["train", "--config", "tiny", f"data.root={folder}", f"classifier={setup[1]}",
                  f"generator={tmp_path / 'nope'}", f"run.out_dir={tmp_path}"]) == 2
     assert "not a viscoin.stylegan2 checkpoint" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------
+# bf16 and DDP on the CPU, on a saved tiny f and G (no training of f needed)
+
+
+@pytest.fixture(scope="module")
+def tiny_nets(tmp_path_factory) -> tuple[Path, Path, Path]:
+    root = tmp_path_factory.mktemp("tiny-nets")
+    _, folder = save_tiny_setup(root)
+    return folder, root / "f", root / "G"
+
+
+def test_a_tiny_bf16_mixed_run_on_the_cpu_has_a_finite_loss(tiny_nets, tmp_path):
+    out = tmp_path / "bf16"
+    res = subprocess.run(cmd(tiny_nets, out, "run.precision=bf16-mixed", "iterations=4", "batch_real=4",
+                             "batch_synthetic=4", "eval_every=0", "sample_every=0", "run.ckpt_every=4"),
+                         env=ENV, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "precision bf16-mixed" in res.stdout
+    with open(out / "logs" / "csv" / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+    losses = [float(r["loss/total"]) for r in rows]
+    assert all(math.isfinite(v) and v > 0 for v in losses), losses
+    assert (out / "viscoin" / "weights.safetensors").is_file()
+
+
+RANK_RECORDER = """
+import sys
+from viscoin.training import runner
+from viscoin.utils.io import save_tensors
+
+setup, close = runner.Runner.setup, runner.Runner.close
+
+def recording_setup(self, module, *optimizers):
+    self.trained_module = module
+    return setup(self, module, *optimizers)
+
+def saving_close(self):   # every rank: its own copy of the trained weights, after the last step
+    save_tensors(self.out_dir.parent / f"rank{self.rank}.safetensors", self.trained_module.state_dict())
+    close(self)
+
+runner.Runner.setup, runner.Runner.close = recording_setup, saving_close
+from viscoin.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu_ends_with_identical_weights_on_both_ranks(tiny_nets, tmp_path):
+    """DDP through Fabric (gloo on the CPU): 2 processes on different halves of each batch; the initial weights
+    are broadcast and the gradients averaged, so both ranks end with the same weights, which rank 0 saved."""
+    script = tmp_path / "record_ranks.py"
+    script.write_text(RANK_RECORDER)
+    out = tmp_path / "ddp" / "run"
+    res = subprocess.run([sys.executable, str(script), *cmd(tiny_nets, out, "run.devices=2", "iterations=4",
+                                                            "batch_real=8", "batch_synthetic=8", "eval_every=0",
+                                                            "sample_every=0", "run.ckpt_every=4")[3:]],
+                         env=ENV, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "Starting with 2 processes" in res.stdout + res.stderr
+    rank0, rank1 = (load_file(str(tmp_path / "ddp" / f"rank{r}.safetensors")) for r in (0, 1))
+    saved = load_file(str(out / "viscoin" / "weights.safetensors"))
+    assert rank0.keys() == rank1.keys() == saved.keys() and len(saved) > 10
+    for k in saved:
+        assert torch.equal(rank0[k], rank1[k]), k
+        assert torch.equal(rank1[k], saved[k]), k
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 4

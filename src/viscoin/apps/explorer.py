@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,7 +138,9 @@ def check_upload(path: str | os.PathLike, max_bytes: int, name: str | None = Non
     """Refuse a file that is larger than `max_bytes`, is not an image, or has too many pixels.
 
     Only the image's header is read here. Returns (width, height); `UploadError` naming the file
-    (by `name`, the name the user gave it) otherwise.
+    (by `name`, the name the user gave it) otherwise. An image too large in bytes or in pixels is
+    called too large, whatever PIL thinks of it (its decompression-bomb guard refuses huge headers
+    before giving their size).
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -147,17 +150,22 @@ def check_upload(path: str | os.PathLike, max_bytes: int, name: str | None = Non
         raise UploadError(f"upload rejected: {name} is not a file")
     size = path.stat().st_size
     if size > max_bytes:
-        raise UploadError(f"upload rejected: {name} is {size / 2**20:.1f} MB, over the limit of "
+        raise UploadError(f"upload rejected: {name} is too large: {size / 2**20:.1f} MB, over the limit of "
                           f"{max_bytes / 2**20:.3g} MB (--max-upload-mb)")
     if size == 0:
         raise UploadError(f"upload rejected: {name} is empty")
     try:
-        with Image.open(path) as img:
-            width, height = img.size
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)   # the limit below is ours
+            with Image.open(path) as img:
+                width, height = img.size
+    except Image.DecompressionBombError as exc:   # over PIL's own limit: far over ours
+        raise UploadError(f"upload rejected: {name} is too large: more than {MAX_UPLOAD_PIXELS // 1_000_000} "
+                          "megapixels") from exc
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise UploadError(f"upload rejected: {name} is not an image (give a PNG, JPEG, WebP, ... file)") from exc
     if width * height > MAX_UPLOAD_PIXELS:
-        raise UploadError(f"upload rejected: {name} has {width}x{height} pixels, more than "
+        raise UploadError(f"upload rejected: {name} is too large: {width}x{height} pixels, more than "
                           f"{MAX_UPLOAD_PIXELS // 1_000_000} megapixels")
     return width, height
 

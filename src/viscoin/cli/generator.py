@@ -20,7 +20,7 @@ from viscoin.utils.io import save_tensors
 
 
 def cmd_generator_import(args: argparse.Namespace) -> int:
-    out = import_official(args.pkl, args.out_dir, which=args.which)
+    out = import_official(args.pkl, args.out_dir, which=args.which, overwrite=args.overwrite)
     print(f"wrote {args.which} of {args.pkl} to {out}/ (config.json + weights.safetensors)")
     return 0
 
@@ -87,6 +87,9 @@ def register(sub: Any) -> None:
     p.add_argument("pkl", type=Path, help="official network pickle (network-snapshot-*.pkl, ffhq.pkl, ...)")
     p.add_argument("out_dir", type=Path, help="output folder (config.json + weights.safetensors)")
     p.add_argument("--which", choices=["G_ema", "G", "D"], default="G_ema", help="network to convert (default: G_ema)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a non-empty output folder (its config.json and weights.safetensors are replaced; "
+                        "without it, such a folder is refused)")
     p.set_defaults(func=cmd_generator_import)
 
     p = gsub.add_parser("sample", help="write an image grid from a generator at given seeds")

@@ -9,7 +9,7 @@ from typing import Any
 from viscoin.cli.common import add_am_argument, am_config, parse_lambdas, positive_int
 from viscoin.metrics.evaluate import EvaluateConfig, evaluate_checkpoint
 from viscoin.model.loading import load_trained
-from viscoin.report.html import default_metrics_file, default_out_dir, read_metrics, write_report
+from viscoin.report.html import MANIFEST, default_metrics_file, default_out_dir, read_metrics, report_folder, write_report
 from viscoin.utils.device import resolve_device
 
 
@@ -30,6 +30,9 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="data.KEY=VALUE",
                         help="changes to the data config saved with the model, e.g. data.root=/elsewhere")
     parser.add_argument("--out", type=Path, default=None, help="report folder (default: CHECKPOINT/../report)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help=f"write into a non-empty --out that holds no earlier report (no {MANIFEST}): files of "
+                             "the same names are replaced, no other file is deleted")
     parser.add_argument("--metrics", type=Path, default=None,
                         help="metrics JSON written by `viscoin evaluate` (default: CHECKPOINT/../evaluation.json if present)")
     parser.add_argument("--evaluate", action="store_true", help="compute the metrics now (slow; instead of --metrics)")
@@ -54,6 +57,7 @@ def run_report_command(args: argparse.Namespace) -> int:
     lambdas = parse_lambdas(args.lambdas)
     device = resolve_device(args.device)
     out = args.out if args.out is not None else default_out_dir(args.checkpoint)
+    report_folder(out, args.overwrite)           # refused before anything is computed (and checked again on writing)
     metrics, source = None, ""
     found = default_metrics_file(args.checkpoint) if args.metrics is None and not args.evaluate else None
     if args.metrics is not None or found is not None:
@@ -68,7 +72,7 @@ def run_report_command(args: argparse.Namespace) -> int:
     index = write_report(args.checkpoint, out, metrics=metrics, pairs=args.pairs, samples=args.samples,
                          lambdas=lambdas, data_overrides=list(args.overrides), device=device,
                          batch_size=args.batch_size, metrics_source=source, comparison=others,
-                         comparison_metrics=compared, am=am_config(args))
+                         comparison_metrics=compared, am=am_config(args), overwrite=args.overwrite)
     print(f"wrote {index} (open it in a browser; figures in {index.parent / 'figures'})")
     return 0
 

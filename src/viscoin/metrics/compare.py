@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from viscoin.metrics.evaluate import fmt_number, table2_columns
-from viscoin.utils.io import atomic_path, read_json, write_json
+from viscoin.utils.io import atomic_path, read_json, refuse_existing, write_json
 
 WRITER = "viscoin compare"
 MARKDOWN_MARKER = f"<!-- written by {WRITER}; rewritten on every run -->"
@@ -209,9 +209,7 @@ def write_comparison(
     out = Path(out_dir)
     md_path, json_path = out / MARKDOWN_FILE, out / JSON_FILE
     foreign = [p for p in (md_path, json_path) if p.exists() and not _ours(p)]
-    if foreign and not overwrite:
-        raise ValueError(f"{', '.join(map(str, foreign))}: exists and was not written by `{WRITER}`; "
-                         "give --overwrite to replace it")
+    refuse_existing(foreign, f"exists and was not written by `{WRITER}`", overwrite)
     markdown = comparison_markdown(results, names, [str(f) for f in files])
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(md_path) as tmp:

@@ -17,6 +17,11 @@ appendix E):
   systems on the same data (VisCoIN, FLINT, FLAEM; paper section 4 and appendix C.2): the paper's
   tables 1 and 2 side by side (`viscoin.metrics.compare`), and for a few relevant classes each
   system's visualisation of its most relevant concept on the same images.
+
+The report folder keeps a manifest, ``out_dir/.viscoin-report.json``, of the files the report wrote
+(`viscoin.utils.io.OutputFolder`): a later report replaces and deletes only those. A non-empty folder
+without it (or with files changed since the report wrote them) is refused unless ``overwrite``
+(``viscoin report --overwrite``), which still deletes no file the manifest does not list.
 """
 
 from __future__ import annotations
@@ -43,11 +48,13 @@ from viscoin.interpret.visualise import (
 from viscoin.metrics.compare import comparison_markdown, system_names
 from viscoin.metrics.evaluate import markdown_tables
 from viscoin.model.loading import TrainedModel, load_trained
-from viscoin.utils.io import atomic_path, read_json
+from viscoin.utils.io import OutputFolder, atomic_path, read_json
 
 FIGURES = "figures"
 COMPARISON = "comparison.html"
 COMPARISON_FIGURES = f"{FIGURES}/comparison"
+WRITER = "viscoin report"
+MANIFEST = ".viscoin-report.json"      # the files the report wrote in its folder (`OutputFolder`)
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; margin: 0;
@@ -180,11 +187,14 @@ def _md_cell(text: str) -> str:
 
 def metrics_html(metrics: Mapping[str, Any]) -> str:
     """The paper-style tables of `viscoin.metrics.evaluate.markdown_tables`, then every value of the
-    result in generic tables (folded). Without those tables (another result format), generic tables only."""
+    result in generic tables (folded). A result without the sections those tables read, or lacking a key
+    they need (another result format), gets generic tables only, with a note naming the missing key; any
+    other failure (a value of the wrong type, a bug) is raised, never hidden."""
     try:
         paper = markdown_to_html(markdown_tables(dict(metrics)))
-    except Exception:  # a result that evaluate's tables do not know: show whatever is there
-        paper = ""
+    except KeyError as exc:  # not laid out as `viscoin evaluate` writes it: show whatever is there
+        return (f'<p class="note">Not the layout of <code>viscoin evaluate</code> (no key {_e(exc)}): the '
+                "paper's tables are not shown, only the values.</p>" + dict_tables(metrics))
     if not paper.strip():
         return dict_tables(metrics)
     return paper + "<details><summary>All values of the evaluation</summary>" + dict_tables(metrics) + "</details>"
@@ -214,6 +224,12 @@ def figure_html(src: str, alt: str, caption: str = "") -> str:
 # The report
 
 
+def report_folder(out_dir: str | os.PathLike, overwrite: bool = False) -> OutputFolder:
+    """The report folder, claimed (nothing is written): absent, empty, or holding an earlier report whose
+    files are unchanged; otherwise a ValueError unless `overwrite` (see the module docstring)."""
+    return OutputFolder(out_dir, WRITER, MANIFEST, overwrite)
+
+
 def write_report(
     checkpoint: str | os.PathLike,                # concept-model folder (RUN/viscoin)
     out_dir: str | os.PathLike,                   # report folder: index.html + figures/
@@ -229,9 +245,12 @@ def write_report(
     comparison: Sequence[TrainedModel] = (),      # other systems on the same data: adds comparison.html
     comparison_metrics: Sequence[Mapping[str, Any]] = (),  # `viscoin evaluate` results of all compared systems
     am: ActivationMaximisationConfig = ActivationMaximisationConfig(),  # activation maximisation on that page
+    overwrite: bool = False,                      # write into a non-empty folder without the report's manifest
 ) -> Path:
     """Write the report; returns the path of ``index.html``. With `comparison`, also the comparison page of
-    this model and those (`write_comparison_page`), linked from the index."""
+    this model and those (`write_comparison_page`), linked from the index. The folder is claimed first
+    (`report_folder`): nothing is computed when it is refused."""
+    output = report_folder(out_dir, overwrite)
     if pairs < 1 or samples < 1:
         raise ValueError(f"pairs and samples: expected >= 1, got {pairs} and {samples}")
     if len(lambdas) < 2:
@@ -243,13 +262,9 @@ def write_report(
     train = trained.dataset("train")
 
     out_dir = Path(out_dir)
-    fig_dir = out_dir / FIGURES
-    fig_dir.mkdir(parents=True, exist_ok=True)
-    written: set[str] = set()
 
     def save(name: str, fig: Any) -> str:
-        save_figure(fig_dir / name, fig)
-        written.add(name)
+        save_figure(output.file(f"{FIGURES}/{name}"), fig)
         return f"{FIGURES}/{name}"
 
     explainer = ConceptExplainer(model, batch_size=batch_size)
@@ -322,7 +337,8 @@ def write_report(
     comparison_html = ""
     if comparison:
         write_comparison_page(out_dir, [trained, *comparison], comparison_metrics, pairs=min(pairs, 3),
-                              samples=min(samples, 3), lambdas=lambdas, am=am, batch_size=batch_size)
+                              samples=min(samples, 3), lambdas=lambdas, am=am, batch_size=batch_size,
+                              output=output)
         others = ", ".join(f"{s.model.family} ({s.path.name})" for s in comparison)
         comparison_html = (f'<h2>Comparison</h2><p><a href="{COMPARISON}">This model beside {_e(others)}</a>: '
                            "the paper's tables 1 and 2 side by side and each system's concept visualisations on "
@@ -357,12 +373,10 @@ training images of class c (paper section 3.5).</p>
 </body>
 </html>
 """
-    index = out_dir / "index.html"
+    index = output.file("index.html")
     with atomic_path(index) as tmp:
         tmp.write_text(doc, encoding="utf-8")
-    for stale in fig_dir.glob("*.png"):  # figures of an earlier report in the same folder
-        if stale.name not in written:
-            stale.unlink()
+    output.finish()  # files of an earlier report that this one did not write again (and only those) go
     return index
 
 
@@ -376,12 +390,18 @@ def write_comparison_page(
     am: ActivationMaximisationConfig = ActivationMaximisationConfig(),
     batch_size: int = 32,
     back_link: str | None = "index.html",                # the page's link back (None: none)
+    overwrite: bool = False,                             # write into a non-empty folder without the manifest
+    output: OutputFolder | None = None,                  # the claimed report folder (`write_report`'s)
 ) -> Path:
     """Write ``comparison.html``: the tables of the evaluations side by side, then, for the first system's
     `pairs` most relevant class–concept pairs (distinct classes), that pair's `samples` most activating
     training images of the class, and on those same images each system's visualisation of its own most
     relevant concept for the class (VisCoIN's λ sweep, FLINT's activation maximisation, FLAEM's decoded
-    scaled concept). Returns its path."""
+    scaled concept). Returns its path. Alone (no `output`), it claims `out_dir` as `write_report` does and
+    replaces only the comparison page and figures of an earlier one."""
+    own = output is None
+    if output is None:
+        output = report_folder(out_dir, overwrite)
     if len(systems) < 2:
         raise ValueError(f"comparison: expected at least 2 systems, got {len(systems)}")
     if pairs < 1 or samples < 1 or len(lambdas) < 2:
@@ -394,9 +414,6 @@ def write_comparison_page(
     names = system_names([{"model": s.model.family, "dataset": "", "checkpoint": str(s.path)} for s in systems],
                          [s.path for s in systems])
     train = lead.dataset("train")
-    out_dir = Path(out_dir)
-    fig_dir = out_dir / COMPARISON_FIGURES
-    fig_dir.mkdir(parents=True, exist_ok=True)
     explainers = [ConceptExplainer(s.model, batch_size=batch_size) for s in systems]
     encs = [e.activations(train) for e in explainers]
     global_rels = [e.global_relevance(enc) for e, enc in zip(explainers, encs)]     # [C, K] each
@@ -406,7 +423,6 @@ def write_comparison_page(
             shown.append((c, j, r))
         if len(shown) == pairs:
             break
-    written: set[str] = set()
     sections: list[str] = []
     for rank, (c, j0, r0) in enumerate(shown, 1):
         ma = explainers[0].most_activating(encs[0], j0, samples, per_class=c)
@@ -429,11 +445,10 @@ def write_comparison_page(
             blocks.append((f"{name} · concept {j} (r {r:+.2f})", views, labels, caps))
             rows.append([name, j, f"{r:+.3f}", what])
         fig_name = f"class{c}-{rank:02d}.png"
-        save_figure(fig_dir / fig_name, visualisations_figure(
+        save_figure(output.file(f"{COMPARISON_FIGURES}/{fig_name}"), visualisations_figure(
             [f"class {lead.classes[c]}: each system's most relevant concept, on the same images",
              f"images: the {len(images)} training images of the class that activate {names[0]}'s concept {j0} most"],
             images, [f"a = {float(a):.2f}" for a in ma["activations"]], blocks))
-        written.add(fig_name)
         sections.append(
             f'<section id="class-{rank}"><h3>{rank}. class {_e(lead.classes[c])}</h3>'
             + table(rows, ["system", "its most relevant concept j", "r(j, c)", "what its pictures show"])
@@ -442,9 +457,6 @@ def write_comparison_page(
                           f"concept {j0}, r = {r0:+.3f}; a: that concept's pooled activation). Below, for each system, "
                           "its visualisation of its own most relevant concept for this class on those images.")
             + "</section>")
-    for stale in fig_dir.glob("*.png"):
-        if stale.name not in written:
-            stale.unlink()
     results = [dict(r) for r in evaluations if isinstance(r.get("model"), str) and isinstance(r.get("dataset"), str)]
     if results:
         numbers = markdown_to_html(comparison_markdown(results, system_names(results, [""] * len(results))))
@@ -477,9 +489,11 @@ optimises the input to raise the concept (activation maximisation, from {am.init
 </body>
 </html>
 """
-    page = out_dir / COMPARISON
+    page = output.file(COMPARISON)
     with atomic_path(page) as tmp:
         tmp.write_text(doc, encoding="utf-8")
+    if own:
+        output.finish(within=(COMPARISON, f"{COMPARISON_FIGURES}/"))
     return page
 
 

@@ -27,7 +27,7 @@ from viscoin.utils.checkpoint import (
     read_checkpoint_folder_info,
     save_checkpoint_folder,
 )
-from viscoin.utils.io import CheckpointError, copy_named_tensors, sha256_file
+from viscoin.utils.io import CheckpointError, claim_empty_folder, copy_named_tensors, sha256_file
 
 FORMAT = "viscoin.stylegan2"
 _HINT = "expected a folder written by `viscoin generator import` or an official stylegan2-ada-pytorch .pkl"
@@ -140,10 +140,15 @@ def import_official(
     pkl_path: str | os.PathLike,
     out_dir: str | os.PathLike,
     which: str = "G_ema",
+    overwrite: bool = False,     # write into a non-empty `out_dir` (its config.json and weights are replaced)
 ) -> Path:
-    """Convert one network of an official ``.pkl`` ('G_ema', 'G' or 'D') to our format in `out_dir`."""
+    """Convert one network of an official ``.pkl`` ('G_ema', 'G' or 'D') to our format in `out_dir`.
+
+    A non-empty `out_dir` (an earlier import, anything else) is refused before the pickle is read, unless
+    `overwrite`; then only ``config.json`` and ``weights.safetensors`` are replaced there."""
     if which not in ("G_ema", "G", "D"):
         raise ValueError(f"which: expected 'G_ema', 'G' or 'D', got {which!r}")
+    claim_empty_folder(out_dir, overwrite, f"replace its {CONFIG_NAME} and {WEIGHTS_NAME}")
     pkl_path = Path(pkl_path)
     nets = load_official(pkl_path)
     module = getattr(nets, which)

@@ -424,6 +424,7 @@ class Runner:
             self._ensure_prepared()
             return None
         if self.overwrite:
+            self._undo_fresh_start()  # a new folder was prepared in __init__: leave nothing behind
             raise ConfigError("--resume and --overwrite: choose one (continue the run, or replace it)")
         path = latest_checkpoint(self.ckpt_dir)
         if path is None:
