@@ -97,7 +97,7 @@ def run_demo(
 
     _step(5, "writing the HTML report")
     index = write_report(model_dir, out / "report", metrics=result, device=device,
-                         metrics_source=str(out / "evaluation.json"))
+                         metrics_source=str(out / "evaluation.json"), overwrite=fresh)
     elapsed = time.perf_counter() - start
     print()
     print(markdown_tables(result))
