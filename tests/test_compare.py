@@ -21,7 +21,7 @@ from viscoin.interpret.visualise import (
     concept_activation,
     concept_visualisations,
 )
-from viscoin.metrics.compare import differences, system_names, write_comparison
+from viscoin.metrics.compare import differences, paper_claims, system_names, write_comparison
 from viscoin.metrics.evaluate import EvaluateConfig, evaluate_model, markdown_tables
 from viscoin.metrics.visualisation_fid import relevant_pairs, visualisation_fid
 from viscoin.model.contract import Encoding
@@ -332,3 +332,32 @@ def test_report_comparison_page_renders(tmp_path):
     assert f'href="{COMPARISON}"' in index.read_text(encoding="utf-8")
     with pytest.raises(ValueError, match="at least 2 systems"):
         write_comparison_page(tmp_path / "report", [viscoin])
+
+
+def test_paper_claims_say_which_hold_with_the_numbers():
+    viscoin = evaluation("VisCoIN", 0.80, 0.16, 11.7)        # lpips .64, fid 16, ff .32, consistency 85%
+    flint = evaluation("FLINT", 0.77, 0.11, 26.5)            # lpips .44 (lower than VisCoIN's), fid 11
+    flaem = evaluation("FLAEM", 0.52, 0.22, 30.0)
+    lines = paper_claims([viscoin, flint, flaem], ["VisCoIN", "FLINT", "FLAEM"])
+    text = "\n".join(lines)
+    assert len(lines) == 7
+    assert lines[0].startswith("accuracy: VisCoIN's g within 2 points of f: holds") and "FLAEM 52.0%" in lines[0]
+    assert lines[1].startswith("reconstruction LPIPS lower for VisCoIN than for every baseline: does not hold")
+    assert "VisCoIN 0.64, FLINT 0.44, FLAEM 0.88" in lines[1]
+    assert lines[2].startswith("reconstruction FID lower for VisCoIN than for every baseline: does not hold")
+    assert "faithfulness (median, τ=0.1) of VisCoIN well above random: holds (VisCoIN 0.320 vs random 0.030" in text
+    assert "consistency (λ=2.0) higher for VisCoIN than for every baseline: holds (VisCoIN 85.0%, FLINT 82.0%" in text
+    assert lines[-1] == ("visualisation FID lower for VisCoIN than for FLINT's activation maximisation: holds "
+                         "(VisCoIN 11.7, FLINT 26.5, FLAEM 30.0)")
+    worse = evaluation("VisCoIN", 0.70, 0.16, 40.0, consistency={"lambdas": {"2.0": {"mean": 0.5, "std": 0.1}}})
+    lines = paper_claims([worse, flint, flaem], ["VisCoIN", "FLINT", "FLAEM"])
+    assert "within 2 points of f: does not hold" in lines[0] and "does not hold" in lines[-1]
+    assert "higher for VisCoIN than for every baseline: does not hold" in lines[5]
+    no_lpips = evaluation("VisCoIN", 0.80, 0.16, 11.7, reconstruction__lpips=None)
+    assert "LPIPS lower for VisCoIN than for every baseline: not measured" in paper_claims(
+        [no_lpips, flint, flaem], ["VisCoIN", "FLINT", "FLAEM"])[1]
+
+
+def test_demo_compare_refuses_overrides(capsys):
+    assert main(["demo", "--compare", "iterations=5"]) == 2
+    assert "--compare runs the shipped configs" in capsys.readouterr().err

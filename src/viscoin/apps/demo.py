@@ -27,8 +27,12 @@ import torch
 import yaml
 
 from viscoin.data import build_dataset
+from viscoin.interpret.visualise import ActivationMaximisationConfig
+from viscoin.metrics.compare import paper_claims, write_comparison
 from viscoin.metrics.evaluate import EvaluateConfig, evaluate_checkpoint, markdown_tables
+from viscoin.model.loading import load_trained
 from viscoin.model.train import VisCoINTrainConfig, train_viscoin
+from viscoin.model.train_baseline import FlaemTrainConfig, FlintTrainConfig, train_baseline
 from viscoin.pretrained import resolve
 from viscoin.report.html import write_report
 from viscoin.training.config import load_config
@@ -49,8 +53,26 @@ def _fid_features() -> tuple[str, str | None]:
     return "inception", None
 
 
-def _step(number: int, text: str) -> None:
-    print(f"[{number}/5] {text}", flush=True)
+def _step(number: int, text: str, total: int = 5) -> None:
+    print(f"[{number}/{total}] {text}", flush=True)
+
+
+# The visualisation FID on the birds: at most 24 relevant class-concept pairs (the demo's VisCoIN has
+# about that many), and FLINT's activation maximisation shortened to 2 rounds x (25 + 25) steps so that it
+# takes minutes on a CPU (the paper: 1000 steps, FLINT's code: 4,560).
+DEMO_VIS_FID_PAIRS = 24
+DEMO_AM = ActivationMaximisationConfig(rounds=2, steps_a=25, steps_b=25)
+
+
+def demo_evaluation(n_faithfulness: int = 1000, consistency_samples: int = 50, max_train: int = 2400,
+                    progress: bool = True) -> tuple[EvaluateConfig, str | None]:
+    """The evaluation settings of the demo and of its comparison (the same for every system), and why FID
+    runs on f's features when it does."""
+    fid, why = _fid_features()
+    cfg = EvaluateConfig(fid_features=fid, n_faithfulness=n_faithfulness, consistency_samples=consistency_samples,
+                         max_train_samples=max_train, consistency_lambdas=(2.0, 4.0),
+                         vis_fid_pairs=DEMO_VIS_FID_PAIRS, am=DEMO_AM, progress=progress)
+    return cfg, why
 
 
 def run_demo(
@@ -61,6 +83,7 @@ def run_demo(
     max_train: int = 2400,
     n_faithfulness: int = 1000,
     consistency_samples: int = 50,
+    report: bool = True,                  # also write the HTML report (the comparison writes its own)
 ) -> dict[str, Any]:
     """Run the demo into `out`; returns the evaluation (also written to ``out/evaluation.json``)."""
     start = time.perf_counter()
@@ -87,13 +110,13 @@ def run_demo(
               + (" - resuming" if resume else ""))
         train_viscoin(cfg, resume=resume, overwrite=fresh)   # --fresh replaces the earlier run
 
-    fid, why = _fid_features()
+    eval_cfg, why = demo_evaluation(n_faithfulness, consistency_samples, max_train)
     _step(4, "evaluating with every metric" + (f" (FID on f's features: {why})" if why else ""))
-    eval_cfg = EvaluateConfig(fid_features=fid, n_faithfulness=n_faithfulness, consistency_samples=consistency_samples,
-                              max_train_samples=max_train, consistency_lambdas=(2.0, 4.0))
     device = torch.device("cpu")
     result = evaluate_checkpoint(model_dir, eval_cfg, device)
     write_json(out / "evaluation.json", result)
+    if not report:
+        return result
 
     _step(5, "writing the HTML report")
     index = write_report(model_dir, out / "report", metrics=result, device=device,
@@ -105,7 +128,68 @@ def run_demo(
     return result
 
 
-def changed_settings(saved: Path, cfg: VisCoINTrainConfig) -> list[str]:
+BASELINES = {"flint": FlintTrainConfig, "flaem": FlaemTrainConfig}   # family -> its training config
+
+
+def run_comparison(
+    out: Path = DEFAULT_OUT,
+    fresh: bool = False,
+    max_train: int = 2400,
+    n_faithfulness: int = 1000,
+    consistency_samples: int = 50,
+) -> dict[str, Any]:
+    """`viscoin demo --compare`: the demo's VisCoIN, then FLINT and FLAEM on the same birds, the same f and
+    the same K (their shipped ``birds`` configs), each evaluated with the same settings; the paper's
+    tables 1 and 2 side by side (``OUT/comparison/``) and the report's comparison page. Every stage is
+    reused when finished and resumed when interrupted."""
+    start = time.perf_counter()
+    out = Path(out)
+    total = 4
+    _step(1, "VisCoIN: the demo (trained, evaluated; reused when finished)", total)
+    viscoin_result = run_demo(out, "demo", (), fresh, max_train, n_faithfulness, consistency_samples, report=False)
+    eval_cfg, _ = demo_evaluation(n_faithfulness, consistency_samples, max_train)
+    device = torch.device("cpu")
+    files = [out / "evaluation.json"]
+    results = [viscoin_result]
+    for number, (family, config_class) in enumerate(BASELINES.items(), 2):
+        run_dir = out / family
+        cfg = load_config(config_class, "birds", [f"run.out_dir={run_dir.as_posix()}"], family=family)
+        model_dir = run_dir / family
+        if (model_dir / "config.json").is_file() and not fresh:
+            changed = changed_settings(run_dir / "config.yaml", cfg)
+            if changed:
+                raise ConfigError(f"{run_dir} holds a {family} model trained with other settings ({', '.join(changed)} "
+                                  "differ); give --fresh to train again, or another --out")
+            _step(number, f"{family.upper()}: reusing the trained model in {model_dir}", total)
+        else:
+            resume = not fresh and latest_checkpoint(run_dir / "checkpoints") is not None
+            _step(number, f"{family.upper()}: training ({cfg.iterations} steps, K={cfg.model.num_concepts}, the same f)"
+                  + (" - resuming" if resume else ""), total)
+            train_baseline(cfg, resume=resume, overwrite=fresh)
+        print(f"      evaluating {family.upper()} with the same settings", flush=True)
+        results.append(evaluate_checkpoint(model_dir, eval_cfg, device))
+        files.append(run_dir / "evaluation.json")
+        write_json(files[-1], results[-1])
+
+    _step(total, "the comparison: tables (OUT/comparison/) and the report's comparison page", total)
+    written = write_comparison(files, out / "comparison", names=["VisCoIN", "FLINT", "FLAEM"])
+    systems = [load_trained(path, device=device) for path in (out / "viscoin", out / "flint" / "flint",
+                                                               out / "flaem" / "flaem")]
+    index = write_report(out / "viscoin", out / "report", metrics=viscoin_result, device=device,
+                         metrics_source=str(out / "evaluation.json"), trained=systems[0], comparison=systems[1:],
+                         comparison_metrics=results, am=DEMO_AM, overwrite=fresh)
+    elapsed = time.perf_counter() - start
+    print()
+    print(written.markdown)
+    print("What the paper claims, on these birds:")
+    for line in paper_claims(results, ["VisCoIN", "FLINT", "FLAEM"]):
+        print(f"  {line}")
+    print(f"  tables: {written.markdown_path.resolve()}; report: {index.resolve()} (comparison.html)  "
+          f"({elapsed / 60:.1f} min)")
+    return {"systems": results, "comparison": str(written.json_path)}
+
+
+def changed_settings(saved: Path, cfg: Any) -> list[str]:
     """Dotted keys whose values in `cfg` differ from the config saved at `saved` (all of them if it is missing)."""
     if not saved.is_file():
         return ["config.yaml (missing)"]

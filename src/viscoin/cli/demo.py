@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from viscoin.apps.demo import DEFAULT_OUT, run_comparison, run_demo
 from viscoin.cli.common import non_negative_int, positive_int
-from viscoin.apps.demo import DEFAULT_OUT, run_demo
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,11 +22,18 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-faithfulness", type=positive_int, default=1000, help="test images for faithfulness (default: 1000)")
     parser.add_argument("--consistency-samples", type=positive_int, default=50,
                         help="samples per set and concept for consistency (default: 50)")
-
-
+    parser.add_argument("--compare", action="store_true",
+                        help="also train FLINT and FLAEM on the same birds, f and K, evaluate them the same way and "
+                             "write the paper's tables 1-2 side by side (OUT/comparison/) and a comparison page")
 
 
 def run_demo_command(args: argparse.Namespace) -> int:
+    if args.compare:
+        if args.overrides or args.config != "demo":
+            raise ValueError("--compare runs the shipped configs (demo, flint/birds, flaem/birds): "
+                             "give no --config or KEY=VALUE with it")
+        run_comparison(args.out, args.fresh, args.max_train, args.n_faithfulness, args.consistency_samples)
+        return 0
     run_demo(args.out, args.config, list(args.overrides), args.fresh, args.max_train, args.n_faithfulness,
              args.consistency_samples)
     return 0

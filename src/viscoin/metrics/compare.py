@@ -217,3 +217,51 @@ def write_comparison(
     data = comparison_json(results, names, files)
     write_json(json_path, data)
     return Written(md_path, json_path, markdown, data["differences"])
+
+
+def paper_claims(results: Sequence[dict[str, Any]], names: Sequence[str]) -> list[str]:
+    """The paper's comparative claims (section 4.1, tables 1-2, appendix C.2), each said to hold or not on
+    these results, with the numbers. The first result is VisCoIN's, the others are the baselines'."""
+    nums = [_numbers(r) for r in results]
+    ours, others = nums[0], list(zip(names[1:], nums[1:]))
+    lines = []
+
+    def verdict(ok: bool | None) -> str:
+        return "not measured" if ok is None else ("holds" if ok else "does not hold")
+
+    def lower(key: str, label: str) -> None:
+        values = [ours[key]] + [n[key] for _, n in others]
+        ok = None if any(v is None for v in values) else all(ours[key] < n[key] for _, n in others)
+        shown = ", ".join(f"{name} {v:.4g}" for name, v in zip(names, values) if v is not None)
+        lines.append(f"{label} lower for {names[0]} than for every baseline: {verdict(ok)} ({shown or 'n/a'})")
+
+    accs = [(name, n["accuracy_g"], n["accuracy_f"]) for name, n in zip(names, nums)]
+    gap = [abs(g - f) for _, g, f in accs if g is not None and f is not None]
+    ok = None if not gap else abs(ours["accuracy_g"] - ours["accuracy_f"]) <= 0.02
+    lines.append(f"accuracy: {names[0]}'s g within 2 points of f: {verdict(ok)} ("
+                 + ", ".join(f"{name} {100 * g:.1f}%" for name, g, _ in accs if g is not None)
+                 + (f"; f {100 * accs[0][2]:.1f}%" if accs[0][2] is not None else "") + ")")
+    lower("lpips", "reconstruction LPIPS")
+    lower("fid", "reconstruction FID")
+    lower("mse", "reconstruction MSE (the paper: not for FLINT)")
+    ff = ours["faithfulness"]
+    if ff:
+        tau = min(ff, key=float)
+        rows = [(name, n["faithfulness"].get(tau)) for name, n in zip(names, nums)]
+        ok = ff[tau]["median"] is not None and ff[tau]["median"] > 4 * max(ff[tau]["random_median"], 1e-9)
+        lines.append(f"faithfulness (median, τ={tau}) of {names[0]} well above random: {verdict(ok)} ("
+                     + ", ".join(f"{name} {v['median']:.3f} vs random {v['random_median']:.3f}"
+                                 for name, v in rows if v and v["median"] is not None) + ")")
+    cons = ours["consistency"]
+    if cons:
+        lam = min(cons, key=float)
+        values = [(name, (n["consistency"].get(lam) or {}).get("mean")) for name, n in zip(names, nums)]
+        ok = None if any(v is None for _, v in values) else all(values[0][1] > v for _, v in values[1:])
+        lines.append(f"consistency (λ={lam}) higher for {names[0]} than for every baseline: {verdict(ok)} ("
+                     + ", ".join(f"{name} {100 * v:.1f}%" for name, v in values if v is not None) + ")")
+    vis = [(name, n["visualisation_fid"]) for name, n in zip(names, nums) if n["visualisation_fid"] is not None]
+    flint = [v for name, v in vis[1:] if name.upper() == "FLINT"]
+    ok = None if ours["visualisation_fid"] is None or not flint else ours["visualisation_fid"] < flint[0]
+    lines.append(f"visualisation FID lower for {names[0]} than for FLINT's activation maximisation: {verdict(ok)} ("
+                 + ", ".join(f"{name} {v:.1f}" for name, v in vis) + ")")
+    return lines
