@@ -131,14 +131,7 @@ def train_viscoin(
     perceptual = build_perceptual(cfg.loss.perceptual, classifier=f, vgg_weights_path=cfg.loss.lpips_vgg_path) \
         if cfg.loss.beta > 0 else None
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas)
-    step, history = 0, []
-    resumed = runner.resume_state(resume)
-    if resumed is not None:
-        step, state = resumed
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        history = state["history"]
-    model, optimizer = runner.setup(model, optimizer)  # moves f and G along (see VisCoIN._apply)
+    model, optimizer, step, history = runner.start(model, optimizer, resume)  # moves f and G along (VisCoIN._apply)
     if perceptual is not None:
         perceptual = perceptual.to(runner.device)
     raw: VisCoIN = model.module if hasattr(model, "module") else model
@@ -147,8 +140,7 @@ def train_viscoin(
                  f"{perceptual.name if perceptual is not None else 'off'}, precision {runner.precision}")
 
     def checkpoint() -> None:
-        runner.save_checkpoint(step, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                      "history": history})
+        runner.save_training_state(step, model, optimizer, history)
 
     def write_samples(x: torch.Tensor, x_rec: torch.Tensor) -> None:
         if not runner.is_main:

@@ -173,23 +173,15 @@ def train_baseline(
     total_steps = cfg.iterations or cfg.epochs * steps_per_epoch
 
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas)
-    step, history = 0, []
-    resumed = runner.resume_state(resume)
-    if resumed is not None:
-        step, state = resumed
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        history = state["history"]
-    model, optimizer = runner.setup(model, optimizer)   # moves f along (ConceptModel._apply)
+    model, optimizer, step, history = runner.start(model, optimizer, resume)   # moves f along (ConceptModel._apply)
     raw: VectorConceptModel = model.module if hasattr(model, "module") else model
     model.train()
     runner.print(f"{family.family}: K={raw.num_concepts}, {total_steps} steps ({steps_per_epoch} per epoch, batch "
                  f"{cfg.batch_size}), schedules in {cfg.schedule_unit}s, precision {runner.precision}"
-                 + (f"; resumed at step {step}" if resumed is not None else ""))
+                 + (f"; resumed at step {step}" if step else ""))
 
     def checkpoint() -> None:
-        runner.save_checkpoint(step, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                      "history": history})
+        runner.save_training_state(step, model, optimizer, history)
 
     def write_samples(x: torch.Tensor, x_rec: torch.Tensor) -> None:
         if runner.is_main:

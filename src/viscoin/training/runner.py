@@ -456,6 +456,30 @@ class Runner:
         """Wrap a trainable module (and its optimisers) for the devices / DDP / precision."""
         return self.fabric.setup(module, *optimizers)
 
+    def start(
+        self,
+        model: nn.Module,                       # the trainable module (unwrapped)
+        optimizer: torch.optim.Optimizer,
+        resume: bool,                           # continue from the last checkpoint
+    ) -> tuple[Any, Any, int, list[Any]]:
+        """Resume (model, optimiser and history of the last checkpoint saved by `save_training_state`) or
+        start fresh, then `setup`. Returns the wrapped model and optimiser, the step and the history."""
+        step, history = 0, []
+        resumed = self.resume_state(resume)
+        if resumed is not None:
+            step, state = resumed
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            history = state["history"]
+        wrapped, optimizer = self.setup(model, optimizer)
+        return wrapped, optimizer, step, history
+
+    def save_training_state(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+                            history: list[Any]) -> None:
+        """The checkpoint `start` resumes from: the model's and optimiser's state and the history."""
+        self.save_checkpoint(step, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                    "history": history})
+
     def to_device(self, frozen: nn.Module) -> nn.Module:
         """Move a frozen network to the device, in eval mode, outside DDP and optimisers."""
         return frozen.to(self.device).eval().requires_grad_(False)
