@@ -81,3 +81,38 @@ def test_parse_seeds():
 def test_console_script_is_installed():
     out = subprocess.run([sys.executable, "-m", "viscoin", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("viscoin ")
+
+
+def test_overrides_are_accepted_anywhere_on_the_line(capsys):
+    from viscoin.cli import build_parser, parse
+
+    parser = build_parser()
+    args = parse(parser, ["evaluate", "ck", "--device", "cpu", "data.root=/x", "--no-progress", "data.resolution=32"])
+    assert args.overrides == ["data.root=/x", "data.resolution=32"] and args.device == "cpu" and args.no_progress
+    args = parse(parser, ["report", "ck", "data.root=/x", "--pairs", "2", "data.kind=folder"])
+    assert args.overrides == ["data.root=/x", "data.kind=folder"] and args.pairs == 2
+    args = parse(parser, ["classifier", "test", "ck", "--split", "train", "data.root=/y"])
+    assert args.overrides == ["data.root=/y"] and args.split == "train"
+    with pytest.raises(SystemExit) as exc:                    # a stray word is still an error
+        parse(parser, ["evaluate", "ck", "--device", "cpu", "stray"])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("viscoin: error: unrecognized arguments: stray")
+    with pytest.raises(SystemExit):                           # a command without overrides takes none
+        parse(parser, ["generator", "info", "x", "a=b"])
+
+
+def test_training_data_must_match_the_classifier():
+    from viscoin.model.contract import check_training_data
+    from viscoin.utils.config import ConfigError
+
+    info = {"extra": {"classes": ["a", "b", "c"], "data": {"resolution": 64}}}
+    check_training_data(info, "f", ["a", "b", "c"], 64, generator_resolution=64)          # all agree
+    with pytest.raises(ConfigError, match="class 1 is 'b' for f but 'c' in the data"):
+        check_training_data(info, "f", ["a", "c", "b"], 64)                                # reordered
+    with pytest.raises(ConfigError, match="it has 3 classes, the data 2"):
+        check_training_data(info, "f", ["a", "b"], 64)
+    with pytest.raises(ConfigError, match="trained at 64x64; set data.resolution=64"):
+        check_training_data(info, "f", ["a", "b", "c"], 32)
+    with pytest.raises(ConfigError, match="the generator draws 32x32"):
+        check_training_data(info, "f", ["a", "b", "c"], 64, generator_resolution=32)
+    check_training_data({"extra": {}}, "f", ["x"], 16)                                     # nothing recorded

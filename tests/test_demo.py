@@ -113,6 +113,10 @@ def test_demo_runs_end_to_end_and_resumes(birds_root, tmp_path, capsys):
     assert main([*argv, "--n-faithfulness", "20"]) == 0
     assert "reusing the trained model" in capsys.readouterr().out
     assert (out / "viscoin" / "weights.safetensors").stat().st_mtime_ns == stamp
+    # ... but not with other training settings: refused, naming them, nothing trained or changed
+    assert main([*argv, "iterations=13"]) == 2
+    assert "iterations differ" in capsys.readouterr().err
+    assert (out / "viscoin" / "weights.safetensors").stat().st_mtime_ns == stamp
 
 
 def test_demo_reports_a_bad_override(tmp_path, capsys):
