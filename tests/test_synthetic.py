@@ -146,7 +146,7 @@ def test_alignment_of_known_concepts():
     phi = torch.rand(300, 4, 3, 3, generator=gen) * 0.1
     phi[:, 1, 1, 1] += attrs[:, 0]                 # concept 1 detects attribute 0 perfectly
     phi[:, 2, 0, 0] += 0.5 * attrs[:, 1] + 0.8 * torch.rand(300, generator=gen)   # concept 2: attribute 1, noisily
-    out = concept_alignment(phi, attrs, torch.tensor([True, True, False]), ["a0", "a1", "a2"])
+    out = concept_alignment(phi.amax(dim=(2, 3)), attrs, torch.tensor([True, True, False]), ["a0", "a1", "a2"])
     rows = {r["attribute"]: r for r in out["attributes"]}
     assert rows["a0"]["concept"] == 1 and rows["a0"]["auc"] == pytest.approx(1.0)
     assert rows["a1"]["concept"] == 2 and 0.8 < rows["a1"]["auc"] < 1.0

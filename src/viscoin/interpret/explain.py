@@ -54,7 +54,8 @@ def explain_image(
     concepts = [int(j) for j in top["concepts"]]
     sweeps = [explainer.lambda_sweep(x, j, lambdas) for j in concepts]
     fig = explain_figure(x, explainer.reconstruct(x), names[top["class"]], top["probability"], concepts,
-                         [float(r) for r in top["relevance"]], sweeps, lambdas, source=Path(image).name)
+                         [float(r) for r in top["relevance"]], sweeps, lambdas, source=Path(image).name,
+                         decoder=model.decoder_name)
     save_figure(out, fig)
     return {
         "image": str(image),

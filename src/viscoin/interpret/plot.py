@@ -30,7 +30,7 @@ MUTED = (90, 90, 90)
 
 # Stand-ins for the symbols that PIL's built-in font lacks.
 _ASCII = str.maketrans({"λ": "lam ", "Δ": "diff ", "Φ": "Phi", "φ": "phi", "−": "-", "²": "^2", "·": "-",
-                        "…": "...", "x̃"[1]: "~", "—": "-", "≥": ">=", "≤": "<="})
+                        "…": "...", "x̃"[1]: "~", "—": "-", "≥": ">=", "≤": "<=", "Ω": "Omega", "w̄"[1]: "_"})
 
 
 @lru_cache(maxsize=8)
@@ -236,6 +236,7 @@ def explain_figure(
     lambdas: Sequence[float],
     source: str = "",                           # e.g. the image file name
     cell: int | None = None,
+    decoder: str = "G(w̄ + Ω(Φ, Φ'))",           # what draws the images (the model's `decoder_name`)
 ) -> np.ndarray:
     """The figure of `viscoin explain`: prediction, top concepts with relevance, λ sweeps and differences."""
     cell = cell or cell_size_for(image.shape[-1])
@@ -246,7 +247,8 @@ def explain_figure(
         return stack([head, labelled_grid([Row("no concept passes the threshold")], cell=1)])
     rows = [Row(f"concept {j}\nr = {r:+.2f}", concept_effect_cells(sweep, lambdas))
             for j, r, sweep in zip(concepts, relevance, sweeps)]
-    sub = f"{len(concepts)} most relevant concepts (local relevance r): φ_j scaled by λ, Φ' and noise fixed"
+    sub = (f"{len(concepts)} most relevant concepts (local relevance r): φ_j scaled by λ, everything else fixed, "
+           f"drawn by {decoder}")
     return stack([head, labelled_grid(rows, sub, effect_column_labels(lambdas), cell=cell)])
 
 
