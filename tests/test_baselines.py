@@ -423,3 +423,20 @@ def test_paper_configs_build_with_resnet50_at_256_and_take_two_steps(family, nam
         opt.step()
     assert all(p.grad is None for p in f.parameters())
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_explain_and_report_work_on_baseline_checkpoints_and_name_the_decoder(tmp_path):
+    from viscoin.interpret.explain import explain_image
+    from viscoin.report.html import write_report
+
+    folder = make_folder(tmp_path / "shapes", per_class=3)
+    save_classifier(tiny_f(), tmp_path / "f")
+    data = DataConfig(kind="folder", root=str(folder), resolution=32)
+    for family in ("flint", "flaem"):
+        ckpt = tmp_path / "run" / family
+        LOADERS[family][0](build(family), ckpt, tmp_path / "f", extra={"data": data.to_dict(), "classes": CLASSES})
+        out = explain_image(ckpt, folder / CLASSES[0] / "000.png", tmp_path / f"{family}.png", top_k=2, threshold=-1)
+        assert len(out["concepts"]) == 2 and (tmp_path / f"{family}.png").stat().st_size > 0
+        index = write_report(ckpt, tmp_path / f"report-{family}", pairs=1, samples=2)
+        html = index.read_text()
+        assert f"<h1>{family.upper()} report</h1>" in html and f"{family.upper()}&#x27;s decoder" in html
