@@ -194,3 +194,17 @@ def test_synthetic_batch_of_a_conditional_generator():
     torch.manual_seed(0)
     x, _, _ = training_losses(model, model, x_real, 3, LossConfig(beta=0.0), None)
     assert torch.allclose(x[2:], expected, atol=1e-6)
+
+
+def test_an_absurd_k_is_refused_before_anything_is_built():
+    from viscoin.model.flaem import FlaemConfig
+    from viscoin.model.flint import FlintConfig
+    from viscoin.utils.config import ConfigError
+
+    for config in (VisCoINConfig, FlintConfig, FlaemConfig):
+        with pytest.raises(ConfigError, match=r"model.num_concepts: expected an integer in \[1, 4096\]"):
+            config(num_concepts=10**9)
+        with pytest.raises(ConfigError, match="model.num_concepts"):
+            config(num_concepts=0)
+    with pytest.raises(ConfigError, match="model.adapter_channels"):
+        VisCoINConfig(adapter_channels=2**20)

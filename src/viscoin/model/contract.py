@@ -42,6 +42,15 @@ from viscoin.utils.config import ConfigError
 from viscoin.utils.io import CheckpointError
 
 
+MAX_CONCEPTS = 4096     # K above this is refused before anything is built (the paper's largest: 256)
+
+
+def check_num_concepts(k: int) -> None:
+    """ConfigError naming ``model.num_concepts`` unless 1 <= K <= MAX_CONCEPTS (an integer)."""
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_CONCEPTS:
+        raise ConfigError(f"model.num_concepts: expected an integer in [1, {MAX_CONCEPTS}], got {k!r}")
+
+
 class Encoding(NamedTuple):
     """One pass of a concept model over images."""
 

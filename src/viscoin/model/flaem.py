@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from viscoin.model.baseline import BaselinePass, VectorConceptModel
+from viscoin.model.contract import check_num_concepts
 from viscoin.utils.config import ConfigError, DictConfig
 
 FORMAT = "viscoin.flaem"
@@ -45,8 +46,7 @@ class FlaemConfig(DictConfig):
     num_concepts: int = 256                        # K (VisCoIN's K for the dataset)
 
     def __post_init__(self) -> None:
-        if isinstance(self.num_concepts, bool) or self.num_concepts < 1:
-            raise ConfigError(f"model.num_concepts: expected >= 1, got {self.num_concepts}")
+        check_num_concepts(self.num_concepts)
 
 
 @dataclass(frozen=True)

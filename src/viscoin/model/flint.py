@@ -39,6 +39,7 @@ from viscoin.model.baseline import (
     check_schedule,
     scheduled,
 )
+from viscoin.model.contract import MAX_CONCEPTS, check_num_concepts
 from viscoin.model.losses import soft_cross_entropy
 from viscoin.utils.config import ConfigError, DictConfig
 
@@ -60,10 +61,9 @@ class FlintConfig(DictConfig):
     taps: tuple[str, ...] = ("layer3", "layer4.-2")  # f's layers read: layer3's output, the input of layer4's last block
 
     def __post_init__(self) -> None:
-        if isinstance(self.num_concepts, bool) or self.num_concepts < 1:
-            raise ConfigError(f"model.num_concepts: expected >= 1, got {self.num_concepts}")
-        if isinstance(self.channels, bool) or self.channels < 1:
-            raise ConfigError(f"model.channels: expected >= 1, got {self.channels}")
+        check_num_concepts(self.num_concepts)
+        if isinstance(self.channels, bool) or not 1 <= self.channels <= MAX_CONCEPTS:
+            raise ConfigError(f"model.channels: expected in [1, {MAX_CONCEPTS}], got {self.channels}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"model.dropout: expected in [0, 1), got {self.dropout}")
         if isinstance(self.taps, str) or not self.taps or not all(isinstance(t, str) for t in self.taps):

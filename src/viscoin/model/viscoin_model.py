@@ -26,7 +26,16 @@ from torch import nn
 
 from viscoin.classifier.model import load_classifier
 from viscoin.model.concepts import CONCEPT_GRID, ConceptExtractor, ConceptPredictor, ConceptTranslator
-from viscoin.model.contract import ConceptModel, Encoding, checked_network, freeze, record_network, state_fingerprint
+from viscoin.model.contract import (
+    MAX_CONCEPTS,
+    ConceptModel,
+    Encoding,
+    check_num_concepts,
+    checked_network,
+    freeze,
+    record_network,
+    state_fingerprint,
+)
 from viscoin.stylegan.checkpoint import load_generator
 from viscoin.stylegan.generator import random_labels
 from viscoin.utils.checkpoint import load_checkpoint_tensors, read_checkpoint_folder_info, save_checkpoint_folder
@@ -48,10 +57,9 @@ class VisCoINConfig(DictConfig):
     dropout: float = 0.01            # dropout on Φ in Θ
 
     def __post_init__(self) -> None:
-        if self.num_concepts < 1:
-            raise ConfigError(f"model.num_concepts: expected >= 1, got {self.num_concepts}")
-        if self.adapter_channels < 1:
-            raise ConfigError(f"model.adapter_channels: expected >= 1, got {self.adapter_channels}")
+        check_num_concepts(self.num_concepts)
+        if not 1 <= self.adapter_channels <= MAX_CONCEPTS:
+            raise ConfigError(f"model.adapter_channels: expected in [1, {MAX_CONCEPTS}], got {self.adapter_channels}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"model.dropout: expected in [0, 1), got {self.dropout}")
 
