@@ -137,7 +137,7 @@ def main() -> None:
                             args.moves)))
     browser_skip = None
     try:
-        from viscoin.apps.explore import ExploreApp
+        from viscoin.apps.gradio_app import ExploreApp
 
         app = ExploreApp(explorer, slots=3)
         app.build()
