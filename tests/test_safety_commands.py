@@ -417,7 +417,7 @@ BAD_INPUTS = [
     ("demo --max-train -1 --out {root}/demo", "--max-train: expected a whole number >= 0, got -1"),
     ("demo --n-faithfulness 0 --out {root}/demo", "--n-faithfulness: expected a whole number >= 1, got 0"),
     ("demo nosuchkey=1 --out {root}/demo", "unknown key(s) ['nosuchkey']"),
-    ("demo model.num_concepts=0 --out {root}/demo", "model.num_concepts: expected >= 1, got 0"),
+    ("demo model.num_concepts=0 --out {root}/demo", "model.num_concepts: expected an integer in [1, 4096], got 0"),
     ("demo --config {missing}.yaml --out {root}/demo", "missing.yaml: no such file, and not a shipped config"),
     ("demo --bogus", "unrecognized arguments: --bogus"),
     # compare
