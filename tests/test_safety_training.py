@@ -51,6 +51,7 @@ def toy_train(cfg: ToyConfig, resume: bool = False, overwrite: bool = False, sto
         if step % cfg.run.ckpt_every == 0 or step == cfg.iterations:
             runner.save_checkpoint(step, {"w": w})
         if step == stop_at:
+            runner.close()      # a killed process's TensorBoard writer thread dies with it; here it must be stopped
             return float(w[0])
     (runner.out_dir / "metrics.json").write_text(json.dumps({"w": float(w[0])}))
     runner.close()
