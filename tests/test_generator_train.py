@@ -4,8 +4,6 @@ and fine-tuning from the mock official pickle and from our own runs."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 import os

@@ -4,15 +4,13 @@ difference images, and the `viscoin explain` figure (paper section 3.5, appendix
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from conftest import CLASSES, active_model, make_folder, save_tiny_setup, tiny_f, tiny_G
-from viscoin.classifier.model import save_classifier
+from conftest import CLASSES, active_model, make_folder, save_tiny_setup
 from viscoin.data import DataConfig
 from viscoin.interpret import (
     ConceptExplainer,
@@ -24,8 +22,7 @@ from viscoin.cli.explain import add_explain_arguments, run_explain_command
 from viscoin.interpret.plot import cell_size_for
 from viscoin.model.passes import Encoded
 from viscoin.model.relevance import select_concepts
-from viscoin.model import VisCoIN, VisCoINConfig, save_viscoin
-from viscoin.stylegan import save_network
+from viscoin.model import VisCoIN
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # torch on one thread: the CPU is shared
 

@@ -9,7 +9,6 @@ from conftest import tiny_f, tiny_G, tiny_model
 from viscoin.model import LossConfig, VisCoIN, VisCoINConfig, load_viscoin, save_viscoin, viscoin_losses
 from viscoin.model.perceptual import build_perceptual
 from viscoin.model.train import training_losses
-from viscoin.stylegan import Generator, GeneratorConfig, MappingConfig, SynthesisConfig
 from viscoin.stylegan.generator import random_labels
 from viscoin.utils.io import CheckpointError
 

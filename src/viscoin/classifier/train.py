@@ -14,7 +14,6 @@ Outputs in ``run.out_dir``: ``config.yaml``, ``checkpoints/`` (resumable trainin
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 

@@ -8,7 +8,7 @@ import math
 import pickle
 import tempfile
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from viscoin.interpret.visualise import ActivationMaximisationConfig
 from viscoin.training.config import shipped_config_names

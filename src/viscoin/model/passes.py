@@ -39,11 +39,6 @@ class Encoded:
     def __len__(self) -> int:
         return int(self.indices.numel())
 
-    @property
-    def predicted(self) -> torch.Tensor:
-        """ĉ = argmax g(x) [N]."""
-        return self.logits_g.argmax(dim=1)
-
     def select(self, rows: torch.Tensor) -> Encoded:
         """The rows `rows` (positions in this object, not dataset indices)."""
         pick = (lambda t: None if t is None else t[rows])  # noqa: E731
