@@ -32,7 +32,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # torch on one thread: the C
 def set_theta(model, weight: list[list[float]]) -> None:
     with torch.no_grad():
         model.theta.linear.weight.copy_(torch.tensor(weight))
-        model.theta.linear.bias.zero_()
+        if model.theta.linear.bias is not None:           # Θ has no bias by default (the paper's g)
+            model.theta.linear.bias.zero_()
 
 
 # -------------------------------------------------------------------- relevance
@@ -260,6 +261,7 @@ def test_svm_is_fitted_on_the_training_set_and_scored_on_the_test_set():
 
 
 def test_consistency_edits_phi_k_to_a_constant_lambda_phi_max_and_fits_on_train(monkeypatch):
+    """The "on" images of both sets use the training pool's φ_max (3.0), not the test pool's own maximum (0.8)."""
     import viscoin.metrics.consistency as cons
 
     model = HandModel([[1.0, 0.0], [0.0, 1.0]])                         # g: ĉ = argmax a
@@ -270,19 +272,20 @@ def test_consistency_edits_phi_k_to_a_constant_lambda_phi_max_and_fits_on_train(
                          labels=[0, 0, 1, 0], size=3)
     calls = []
 
-    def recording_svm(x_train, y_train, x_test, y_test, *args):
+    def recording_svm(x_train, y_train, x_test, y_test, *args, **kwargs):
         calls.append((x_train, y_train, x_test, y_test))
         return 1.0, 1.0
 
     monkeypatch.setattr(cons, "svm_accuracy", recording_svm)
     res = consistency(model, train, test, lambdas=(2.0, 4.0), samples=2, concepts=[0], batch_size=3)
     assert res["classes"]["0"] == [0]
+    assert res["phi_max"] == {"0": 3.0}                                 # the training pool's (test's own: 0.8)
+    assert res["pools"]["0"] == {"train": {"classes": [0], "samples": 2}, "test": {"classes": [0], "samples": 2}}
     decoded = torch.cat(model.decoded)                                  # train's variants, then test's
     rows_tr, rows_te = [2, 0], [1, 0]                                   # top a_0 among class-0 samples
-    phi_max_tr, phi_max_te = 3.0, 0.8
+    phi_max = 3.0
     n = 2
-    for part, enc, rows, phi_max in ((decoded[:3 * n], train, rows_tr, phi_max_tr),
-                                     (decoded[3 * n:], test, rows_te, phi_max_te)):
+    for part, enc, rows in ((decoded[:3 * n], train, rows_tr), (decoded[3 * n:], test, rows_te)):
         assert part.shape == (3 * n, 2, 3, 3)
         original = enc.phi[rows]
         for v, value in enumerate((0.0, 2.0 * phi_max, 4.0 * phi_max)):
@@ -293,9 +296,80 @@ def test_consistency_edits_phi_k_to_a_constant_lambda_phi_max_and_fits_on_train(
     for (x_tr, y_tr, x_te, y_te), lam in zip(calls, (2.0, 4.0)):
         # features: f's "layer2" of the decoded image = (a_0', a_1', 0); "on" rows first, then "off" rows
         expected_tr = [[lam * 3.0, 0.1, 0], [lam * 3.0, 0.5, 0], [0, 0.1, 0], [0, 0.5, 0]]
-        expected_te = [[lam * 0.8, 0.6, 0], [lam * 0.8, 0.3, 0], [0, 0.6, 0], [0, 0.3, 0]]
+        expected_te = [[lam * 3.0, 0.6, 0], [lam * 3.0, 0.3, 0], [0, 0.6, 0], [0, 0.3, 0]]
         assert np.allclose(x_tr, expected_tr) and y_tr.tolist() == [1, 1, 0, 0]
         assert np.allclose(x_te, expected_te) and y_te.tolist() == [1, 1, 0, 0]
+
+
+def fill_case():
+    """Three classes, g: W = [[1, 0], [0, 1], [0, 0]] (ĉ = argmax a). Concept 0's global relevance: class 0 1.0
+    (every sample predicted 0), class 2 1/3 (one of its three training samples is predicted 0, the others 1),
+    class 1 0 (all predicted 1). Relevance order 0, 2, 1 (index order would be 0, 1, 2); only class 0 has
+    r > 0.5, and it has 2 training samples and 1 test sample, fewer than n = 4."""
+    model = HandModel([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    model.num_classes = 3
+    train = hand_encoding([[2.0, 0.5], [2.5, 3.0], [0.9, 0.1], [1.0, 0.2], [0.4, 0.6], [0.3, 1.5], [0.7, 0.8]],
+                          [[0, 0]] * 7, labels=[0, 1, 2, 0, 2, 1, 2])
+    test = hand_encoding([[0.9, 1.2], [0.6, 0.1], [0.5, 0.7], [0.3, 0.2]], [[0, 0]] * 4, labels=[1, 0, 2, 2])
+    return model, train, test
+
+
+def test_consistency_fills_the_pool_from_the_next_most_relevant_classes(monkeypatch):
+    """Training: class 0's 2 samples, then class 2 (3 more: 5 >= 4), not class 1 (whose sample with a_0 = 2.5 would
+    otherwise be the second most activating); the 4 most activating of that pool: a_0 = 2.0, 1.0, 0.9, 0.7.
+    Test: class 0 (1), class 2 (2 more: 3 < 4), class 1 (1 more: 4). Without filling: 2 and 1 samples (skipped)."""
+    import viscoin.metrics.consistency as cons
+
+    model, train, test = fill_case()
+    g = global_relevance(model.relevance(train.phi), train.labels, 3)
+    torch.testing.assert_close(g[:, 0], torch.tensor([1.0, 0.0, 1 / 3]))
+    calls = []
+
+    def recording_svm(x_train, y_train, x_test, y_test, *args, **kwargs):
+        calls.append((x_train, x_test))
+        return 1.0, 1.0
+
+    monkeypatch.setattr(cons, "svm_accuracy", recording_svm)
+    res = consistency(model, train, test, lambdas=(2.0,), samples=4, concepts=[0], batch_size=8)
+    assert res["classes"]["0"] == [0]                                   # r > 0.5
+    assert res["pools"]["0"] == {"train": {"classes": [0, 2], "samples": 4},
+                                 "test": {"classes": [0, 2, 1], "samples": 4}}
+    assert res["phi_max"] == {"0": 2.0}
+    assert res["protocol"]["fill"] is True and res["protocol"]["samples"] == 4
+    (x_tr, x_te), = calls
+    # "on" rows (φ_0 = 2·2.0), then "off" rows (φ_0 = 0); the second feature is each sample's a_1, most activating first
+    assert np.allclose(x_tr, [[4.0, a1, 0] for a1 in (0.5, 0.2, 0.1, 0.8)] + [[0, a1, 0] for a1 in (0.5, 0.2, 0.1, 0.8)])
+    assert np.allclose(x_te, [[4.0, a1, 0] for a1 in (1.2, 0.1, 0.7, 0.2)] + [[0, a1, 0] for a1 in (1.2, 0.1, 0.7, 0.2)])
+    assert cons.pool_classes(g, train.labels, 0, samples=4, fill=False).tolist() == [0]
+    strict = consistency(model, train, test, lambdas=(2.0,), samples=4, concepts=[0], fill=False)
+    assert strict["pools"]["0"] == {"train": {"classes": [0], "samples": 2}, "test": {"classes": [0], "samples": 1}}
+    assert "0" in strict["skipped"] and strict["protocol"]["fill"] is False and len(calls) == 1
+    # enough samples in the relevant classes: nothing is added
+    assert cons.pool_classes(g, train.labels, 0, samples=2).tolist() == [0]
+    # the classes run out: every class with samples, in relevance order
+    assert cons.pool_classes(g, train.labels, 0, samples=100).tolist() == [0, 2, 1]
+
+
+def test_consistency_svm_has_no_feature_scaler_unless_asked(monkeypatch):
+    """One feature on a tiny scale (spread 4e-3) around 1: at C = 1 the unscaled SVM cannot afford the |w| ≈ 1000 it
+    would need and calls every test point one class (chance); standardised, the same points separate."""
+    import viscoin.metrics.consistency as cons
+
+    x_train = np.array([[1 - 2e-3], [1 - 1.5e-3], [1 - 1e-3], [1 + 1e-3], [1 + 1.5e-3], [1 + 2e-3]])
+    y_train = np.array([0, 0, 0, 1, 1, 1])
+    x_test, y_test = np.array([[1 - 1.8e-3], [1 - 1.2e-3], [1 + 1.2e-3], [1 + 1.8e-3]]), np.array([0, 0, 1, 1])
+    assert cons.svm_accuracy(x_train, y_train, x_test, y_test, c_grid=(1.0,), folds=3)[0] == 0.5
+    assert cons.svm_accuracy(x_train, y_train, x_test, y_test, c_grid=(1.0,), folds=3, scaler=False)[0] == 0.5
+    assert cons.svm_accuracy(x_train, y_train, x_test, y_test, c_grid=(1.0,), folds=3, scaler=True)[0] == 1.0
+    # consistency passes the choice on and records it; off by default, here and in `viscoin evaluate`'s config
+    assert EvaluateConfig().consistency_scaler is False and EvaluateConfig().consistency_fill is True
+    seen = []
+    monkeypatch.setattr(cons, "svm_accuracy", lambda *args, scaler=None, **kwargs: seen.append(scaler) or (1.0, 1.0))
+    model, train, test = fill_case()
+    for kwargs in ({}, {"scaler": True}):
+        res = consistency(model, train, test, lambdas=(2.0,), samples=4, concepts=[0], **kwargs)
+        assert res["protocol"]["scaler"] is kwargs.get("scaler", False)
+    assert seen == [False, True]
 
 
 def test_relevant_classes_fall_back_to_top1_and_layer_features_shape():
@@ -396,7 +470,15 @@ def test_evaluate_checkpoint_end_to_end(checkpoint, tmp_path):
     rec = res["reconstruction"]
     assert rec["fid_features"] == "classifier features" and rec["fid"] >= 0 and rec["lpips"] is None
     assert set(res["faithfulness"]["thresholds"]) == {"0.1", "0.2", "0.4"} and res["faithfulness"]["count"] == 5
-    assert set(res["consistency"]["lambdas"]) == {"2.0", "4.0"} and len(res["consistency"]["concepts"]) == 2
+    cons = res["consistency"]
+    assert set(cons["lambdas"]) == {"2.0", "4.0"} and len(cons["concepts"]) == 2
+    # the protocol's choices are recorded: in the config and beside the numbers
+    assert res["config"]["consistency_fill"] is True and res["config"]["consistency_scaler"] is False
+    assert {k: cons["protocol"][k] for k in ("samples", "fill", "scaler")} == {"samples": 4, "fill": True, "scaler": False}
+    assert set(cons["pools"]) == {str(k) for k in cons["concepts"]}
+    for k, pool in cons["pools"].items():
+        assert pool["train"]["samples"] == 4 and 1 <= pool["test"]["samples"] <= 4 and pool["train"]["classes"]
+        assert (k in cons["phi_max"]) != (k in cons["skipped"])
     json.dumps(res)  # JSON-serialisable
     md = markdown_tables(res)
     assert "| f (classifier) |" in md and "| g (VisCoIN) |" in md
@@ -416,6 +498,24 @@ def test_evaluate_command(checkpoint, tmp_path, capsys):
     assert "reconstruction" not in res and "consistency" not in res and res["faithfulness"]["count"] == 4
     printed = capsys.readouterr().out
     assert "Table 1" in printed and "FF τ=0.2" in printed and str(out) in printed
+
+
+def test_evaluate_command_records_the_consistency_choices(checkpoint, tmp_path):
+    parser = argparse.ArgumentParser()
+    add_evaluate_arguments(parser)
+    out = tmp_path / "evaluation.json"
+    args = parser.parse_args([str(checkpoint), "--out", str(out), "--device", "cpu", "--metrics", "consistency",
+                              "--lambdas", "2", "--consistency-samples", "3", "--max-concepts", "1",
+                              "--consistency-scaler", "--consistency-strict", "--no-progress"])
+    assert run_evaluate_command(args) == 0
+    res = json.loads(out.read_text())
+    assert res["config"]["consistency_scaler"] is True and res["config"]["consistency_fill"] is False
+    cons = res["consistency"]
+    assert cons["protocol"]["scaler"] is True and cons["protocol"]["fill"] is False
+    assert cons["protocol"]["samples"] == 3 and "training set" in cons["protocol"]["phi_max"]
+    (k,) = cons["concepts"]
+    assert sorted(cons["pools"][str(k)]["train"]["classes"]) == cons["classes"][str(k)]  # strict: relevant classes only
+    assert str(k) in cons["phi_max"] or str(k) in cons["skipped"]
 
 
 def test_encode_dataset_matches_the_model():

@@ -30,6 +30,11 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
                         help="consistency amplifications λ (default: 2 4)")
     parser.add_argument("--consistency-samples", type=positive_int, default=d.consistency_samples,
                         help=f"samples per set and concept (default: {d.consistency_samples})")
+    parser.add_argument("--consistency-strict", action="store_true",
+                        help="consistency: samples of the concept's relevant classes (r > 0.5) only, even when fewer "
+                             "than --consistency-samples (default: fill up from the next most relevant classes)")
+    parser.add_argument("--consistency-scaler", action="store_true",
+                        help="consistency: standardise the features before the SVM (not in the paper; default: off)")
     parser.add_argument("--max-concepts", type=non_negative_int, default=d.max_concepts,
                         help="consistency on the M most relevant concepts only (default: 0 = all)")
     parser.add_argument("--fid-features", choices=["inception", "classifier", "none"], default=d.fid_features,
@@ -63,6 +68,7 @@ def config_from_args(args: argparse.Namespace) -> EvaluateConfig:
     return EvaluateConfig(
         metrics=tuple(args.metrics), n_faithfulness=args.n_faithfulness, thresholds=tuple(args.thresholds),
         consistency_lambdas=tuple(args.lambdas), consistency_samples=args.consistency_samples,
+        consistency_fill=not args.consistency_strict, consistency_scaler=args.consistency_scaler,
         max_concepts=args.max_concepts, fid_features=args.fid_features, inception_path=args.inception,
         lpips=not args.no_lpips, lpips_vgg_path=args.lpips_vgg, batch_size=args.batch_size, seed=args.seed,
         progress=not args.no_progress, max_test_samples=args.max_test, max_train_samples=args.max_train,

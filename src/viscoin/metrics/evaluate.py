@@ -54,6 +54,8 @@ class EvaluateConfig(DictConfig):
     thresholds: tuple[float, ...] = (0.1, 0.2, 0.4)        # τ of faithfulness
     consistency_lambdas: tuple[float, ...] = (2.0, 4.0)    # λ of consistency (2: main text; higher: appendix C)
     consistency_samples: int = 100                         # samples per set and concept (each gives 2 images)
+    consistency_fill: bool = True                          # fill each set to consistency_samples from the next most relevant classes
+    consistency_scaler: bool = False                       # StandardScaler before the SVM (not in the paper)
     max_concepts: int = 0                                  # consistency on all concepts (0) or the M most relevant
     relevance_threshold: float = 0.5                       # r_{k,c} above which class c is one of concept k's
     svm_c_grid: tuple[float, ...] = DEFAULT_C_GRID         # C values of the linear SVM
@@ -185,6 +187,7 @@ def evaluate_model(
             model, train_enc, test_enc, cfg.consistency_lambdas, cfg.consistency_samples,
             max_concepts=cfg.max_concepts, relevance_threshold=cfg.relevance_threshold, c_grid=cfg.svm_c_grid,
             folds=cfg.cv_folds, seed=cfg.seed, batch_size=cfg.batch_size, progress=cfg.progress,
+            fill=cfg.consistency_fill, scaler=cfg.consistency_scaler,
         )
         timings["consistency"] = time.perf_counter() - start
 
