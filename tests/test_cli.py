@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,9 +14,14 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from conftest import MOCK_COND16, MOCK_G32
+from viscoin.classifier.model import load_classifier, read_classifier_info
 from viscoin.cli import main
+from viscoin.model.contract import checked_network, record_network, state_fingerprint
+from viscoin.pretrained import BIRDS_CLASSIFIER, BIRDS_GENERATOR, resolve
 from viscoin.stylegan import load_generator
+from viscoin.stylegan.checkpoint import read_checkpoint_info
 from viscoin.stylegan.sampling import parse_seeds, sample
+from viscoin.stylegan.train import read_init_source
 from viscoin.utils.images import to_uint8
 
 
@@ -116,3 +123,54 @@ def test_training_data_must_match_the_classifier():
     with pytest.raises(ConfigError, match="the generator draws 32x32"):
         check_training_data(info, "f", ["a", "b", "c"], 64, generator_resolution=32)
     check_training_data({"extra": {}}, "f", ["x"], 16)                                     # nothing recorded
+
+
+# -- the shipped networks by name (README: "anywhere a classifier or generator folder is expected") ----
+
+
+def test_shipped_names_work_in_every_command_taking_a_network(tmp_path, capsys):
+    out = tmp_path / "birds.png"
+    assert main(["generator", "sample", "--generator", BIRDS_GENERATOR, "--seeds", "0-1", "--class", "3",
+                 "--out", str(out), "--device", "cpu"]) == 0
+    assert np.asarray(Image.open(out)).shape == (64, 128, 3)      # two 64x64 birds
+    capsys.readouterr()
+
+    assert main(["generator", "info", BIRDS_GENERATOR]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["network"] == "generator" and info["img_resolution"] == 64 and info["config"]["c_dim"] == 12
+
+    # f on a small draw of the synthetic birds (2 test images per class)
+    result = tmp_path / "f.json"
+    assert main(["classifier", "test", BIRDS_CLASSIFIER, f"data.root={tmp_path / 'birds'}",
+                 "data.synthetic_per_class=[1,2]", "--device", "cpu", "--out", str(result)]) == 0
+    assert json.loads(result.read_text())["count"] == 24
+
+
+def test_loaders_take_shipped_names_and_checkpoints_record_them():
+    G = load_generator(BIRDS_GENERATOR)
+    assert state_fingerprint(G) == state_fingerprint(load_generator(resolve(BIRDS_GENERATOR)))
+    assert read_checkpoint_info(BIRDS_GENERATOR)["network"] == "generator"
+    f = load_classifier(Path(BIRDS_CLASSIFIER))                   # as the command line passes it (type=Path)
+    assert f.num_classes == 12 and len(read_classifier_info(BIRDS_CLASSIFIER)["extra"]["classes"]) == 12
+    source = read_init_source(BIRDS_GENERATOR)                    # generator train: init.source=viscoin:...
+    assert state_fingerprint(source.G_ema) == state_fingerprint(G)
+
+    # A checkpoint records the name, not the folder inside this installation, and loads f back by it.
+    recorded = record_network(Path(BIRDS_CLASSIFIER), f)
+    assert recorded["path"] == BIRDS_CLASSIFIER
+    again = checked_network("ck", {"classifier": recorded}, "classifier", None, load_classifier)
+    assert state_fingerprint(again) == recorded["state_sha256"]
+
+
+def test_an_unknown_shipped_name_is_one_line_listing_the_shipped_ones(tmp_path, capsys):
+    listing = f"available: {BIRDS_CLASSIFIER}, {BIRDS_GENERATOR}"
+    for argv in (["generator", "sample", "--generator", "viscoin:birds/nothing", "--out", str(tmp_path / "x.png")],
+                 ["generator", "info", "viscoin:birds/nothing"],
+                 ["classifier", "test", "viscoin:birds/nothing"],
+                 ["evaluate", "viscoin:birds/nothing"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err == f"viscoin: error: viscoin:birds/nothing: no such network shipped with viscoin; {listing}\n"
+    with pytest.raises(FileNotFoundError, match=listing):
+        load_generator("viscoin:birds/nothing")
+    assert not (tmp_path / "x.png").exists()

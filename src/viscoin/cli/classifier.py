@@ -44,7 +44,8 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_classifier_train)
 
     p = csub.add_parser("test", help="top-1 accuracy of a trained classifier")
-    p.add_argument("checkpoint", type=Path, help="classifier folder (e.g. runs/f-cub/classifier)")
+    p.add_argument("checkpoint", type=Path, help="classifier folder (e.g. runs/f-cub/classifier) or a shipped one: "
+                                                      "viscoin:birds/classifier")
     p.add_argument("overrides", nargs="*", metavar="data.KEY=VALUE",
                    help="changes to the data config it was trained with, e.g. data.root=/elsewhere")
     p.add_argument("--split", choices=["test", "train"], default="test")

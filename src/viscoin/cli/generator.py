@@ -93,7 +93,8 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_generator_import)
 
     p = gsub.add_parser("sample", help="write an image grid from a generator at given seeds")
-    p.add_argument("--generator", required=True, type=Path, help="viscoin generator folder or official .pkl")
+    p.add_argument("--generator", required=True, type=Path,
+                   help="viscoin generator folder, official .pkl, or a shipped one: viscoin:birds/generator")
     p.add_argument("--seeds", default="0-15", help="seeds, e.g. '0-15' or '1,5,9-12' (default: 0-15)")
     p.add_argument("--truncation", type=finite_float, default=1.0, help="truncation psi (default: 1 = none)")
     p.add_argument("--truncation-cutoff", type=non_negative_int, default=None, help="truncate only the first N ws")
@@ -119,5 +120,6 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_generator_train)
 
     p = gsub.add_parser("info", help="print a network's config and size")
-    p.add_argument("path", type=Path, help="viscoin network folder or official .pkl")
+    p.add_argument("path", type=Path,
+                   help="viscoin network folder, official .pkl, or a shipped one: viscoin:birds/generator")
     p.set_defaults(func=cmd_generator_info)

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from viscoin.model.relevance import local_relevance
-from viscoin.pretrained import is_pretrained_name, resolve
+from viscoin.pretrained import is_pretrained_name
 from viscoin.utils.config import ConfigError
 from viscoin.utils.io import CheckpointError
 
@@ -225,7 +225,7 @@ def checked_network(
     if not isinstance(entry, dict) or not entry.get("path") or not entry.get("state_sha256"):
         raise CheckpointError(f"{checkpoint}: config.json records no {name} path and SHA-256 (source.{name}); "
                               "the checkpoint is damaged or was not written by viscoin")
-    module = loader(resolve(entry["path"])) if given is None else given
+    module = loader(entry["path"]) if given is None else given   # the loader resolves a viscoin: name
     expected = entry["state_sha256"]
     if state_fingerprint(module) != expected:
         raise CheckpointError(

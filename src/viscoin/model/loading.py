@@ -28,6 +28,7 @@ from viscoin.model.flint import FORMAT as FLINT_FORMAT
 from viscoin.model.flint import load_flint, read_flint_info
 from viscoin.model.viscoin_model import FORMAT as VISCOIN_FORMAT
 from viscoin.model.viscoin_model import load_viscoin, read_viscoin_info
+from viscoin.pretrained import resolve
 from viscoin.training.config import data_config_with_overrides
 from viscoin.utils.config import ConfigError
 from viscoin.utils.io import CheckpointError, read_json
@@ -42,7 +43,7 @@ FAMILIES: dict[str, tuple[Callable[[str | os.PathLike], dict[str, Any]], Callabl
 
 def checkpoint_format(path: str | os.PathLike) -> str:
     """The format tag of a checkpoint folder; a clear error when it is not a concept-model checkpoint."""
-    config = Path(path) / "config.json"
+    config = resolve(path) / "config.json"
     if not config.is_file():
         raise CheckpointError(f"{path}: no config.json; expected a model folder written by `viscoin train`, "
                               f"`viscoin flint train` or `viscoin flaem train` (RUN/viscoin, RUN/flint, RUN/flaem)")

@@ -29,7 +29,6 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -38,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from viscoin.data import DataConfig, ImageDataset, build_dataset
+from viscoin.pretrained import resolve
 from viscoin.stylegan.augment import AdaController, AugmentConfig, AugmentPipe
 from viscoin.stylegan.checkpoint import load_network, read_checkpoint_info, save_network
 from viscoin.stylegan.config import (
@@ -344,8 +344,9 @@ class InitSource:
 
 
 def read_init_source(path: str) -> InitSource:
-    """An official ``.pkl``, a folder with ``G_ema/`` (+ ``G/``, ``D/``), or a single generator folder."""
-    p = Path(path).expanduser()
+    """An official ``.pkl``, a folder with ``G_ema/`` (+ ``G/``, ``D/``), or a single generator folder
+    (or a shipped one's name, ``viscoin:birds/generator``)."""
+    p = resolve(path)
     if p.suffix.lower() in (".pkl", ".pickle"):
         nets = load_official(p)
         assert nets.G_ema is not None

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from viscoin.pretrained import resolve
 from viscoin.utils.io import (
     CheckpointError,
     check_finite_tensors,
@@ -74,8 +75,11 @@ def read_checkpoint_folder_info(
     networks: Collection[str],     # accepted network kinds
     hint: str = "",                # how such a checkpoint is made, for the error message
 ) -> dict[str, Any]:
-    """The validated ``config.json`` of a checkpoint folder (or the JSON file itself), plus ``_dir``."""
-    path = Path(path)
+    """The validated ``config.json`` of a checkpoint folder (or the JSON file itself), plus ``_dir``.
+
+    `path` may be a shipped network's name (``viscoin:birds/generator``, `viscoin.pretrained`): every
+    loader reads its folder through here, so the name works wherever a network path is taken."""
+    path = resolve(path)
     cfg_path = path / CONFIG_NAME if path.is_dir() else path
     if not cfg_path.exists():
         raise CheckpointError(f"{path}: not a {fmt} checkpoint (no {CONFIG_NAME}){'; ' + hint if hint else ''}")
