@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,6 +15,7 @@ from viscoin.stylegan.augment import (
     COLOUR,
     GEOM,
     AdaController,
+    SYM6,
     AugmentConfig,
     AugmentPipe,
     affine_resample,
@@ -115,7 +117,9 @@ def test_geometric_path_conventions(supersample):
     shifted = affine_resample(x, geometric_inverse(one, zero, one, zero, one, zero), supersample)
     exact = shift_reflect(x, torch.ones(2, dtype=torch.long), torch.zeros(2, dtype=torch.long))
     assert (shifted - exact)[..., 4:-4, 4:-4].abs().max() < 1e-4
-    # A quarter turn is a rot90 (up to the filtering; §3.2 measured 0.05 on smooth images).
+    # A quarter turn is a rot90: exactly at 1x (about the image centre); at 2x up to the filtering
+    # (§3.2 measured 0.05 on smooth images), the official 1/4 px centre offset and the sym6 phase
+    # nearly cancelling (see `affine_resample`).
     turned = affine_resample(x, geometric_inverse(one, zero + math.pi / 2, one, zero, zero, zero), supersample)
     err = min((turned - x.rot90(k, [2, 3]))[..., 4:-4, 4:-4].abs().max().item() for k in (1, 3))
     assert err < (0.05 if supersample else 1e-4), err
@@ -125,6 +129,82 @@ def test_geometric_path_conventions(supersample):
     ref = torch.nn.functional.interpolate(x[..., c - 8 : c + 8, c - 8 : c + 8], scale_factor=2, mode="bilinear",
                                           align_corners=False)
     assert (big - ref)[..., 4:-4, 4:-4].abs().max() < 0.06
+
+
+def _reference_geometric(x: np.ndarray, inverse: np.ndarray, half_pixel_step: bool = True) -> np.ndarray:
+    """The official 2x geometric path (§3.2), step by step in float64, independent of `affine_resample`.
+
+    x [C, H, W]; `inverse` [3, 3] maps output to source pixel coordinates relative to ((W-1)/2, (H-1)/2).
+    The matrix is brought to the 2x grid as the official code does: re-centred on the padded image,
+    conjugated by a 2x scale, then by a (-1/2, -1/2) translation at the 2x rate (`half_pixel_step`;
+    without it the centre is the nominal one), and applied to `affine_grid`'s positions
+    (align_corners=False: pixel k of an n-pixel axis sits at k - (n-1)/2 from its centre).
+    """
+    c, h, w = x.shape
+    f = np.asarray(SYM6, np.float64) / sum(SYM6)
+    cx, cy = (w - 1) / 2, (h - 1) / 2
+    # 1. Reflect-pad: corner pixels through the inverse, excursion beyond them + 6, clip to [0, size-1], ceil.
+    corners = inverse @ np.array([[-cx, cx, cx, -cx], [-cy, -cy, cy, cy], [1, 1, 1, 1]])
+    need = [-corners[0].min() - cx, -corners[1].min() - cy, corners[0].max() - cx, corners[1].max() - cy]
+    left, top, right, bottom = (math.ceil(min(max(v + 6, 0), lim)) for v, lim in zip(need, [w - 1, h - 1] * 2))
+    x = np.pad(x, [(0, 0), (top, bottom), (left, right)], mode="reflect")
+    hp, wp = x.shape[1:]
+
+    # 2. Upsample x2: zero insertion, pad (6, 5), convolution with the 12 taps, gain 2 per axis:
+    #    out[j] = 2 * sum_i x[i] f[5 + j - 2i]  (as a [2n, n] matrix per axis).
+    def up(n: int) -> np.ndarray:
+        k = 5 + np.arange(2 * n)[:, None] - 2 * np.arange(n)[None, :]
+        return np.where((k >= 0) & (k < 12), 2 * f[k.clip(0, 11)], 0.0)
+
+    x = np.einsum("ya,cab,xb->cyx", up(hp), x, up(wp))
+
+    # 3. The output grid at 2x, 3 px (1x) wider on each side; each position through the converted matrix.
+    ho, wo = 2 * (h + 6), 2 * (w + 6)
+    qy, qx = np.meshgrid(np.arange(ho) - (ho - 1) / 2, np.arange(wo) - (wo - 1) / 2, indexing="ij")
+    step = 0.5 if half_pixel_step else 0.0
+    p1 = (np.stack([qx, qy]) + step) / 2                                      # to 1x units
+    src = np.einsum("ij,jyx->iyx", inverse[:2, :2], p1) + inverse[:2, 2, None, None]
+    src += np.array([(left - right) / 2, (top - bottom) / 2])[:, None, None]  # re-centred on the padded image
+    sx = 2 * src[0] - step + (2 * wp - 1) / 2                                 # back to 2x, as pixel indices
+    sy = 2 * src[1] - step + (2 * hp - 1) / 2
+    # Bilinear, zeros outside.
+    x0, y0 = np.floor(sx).astype(int), np.floor(sy).astype(int)
+    out = np.zeros((c, ho, wo))
+    for dy, wy in ((0, 1 - (sy - y0)), (1, sy - y0)):
+        for dx, wx in ((0, 1 - (sx - x0)), (1, sx - x0)):
+            yy, xx = y0 + dy, x0 + dx
+            inside = (yy >= 0) & (yy < 2 * hp) & (xx >= 0) & (xx < 2 * wp)
+            out += np.where(inside, x[:, yy.clip(0, 2 * hp - 1), xx.clip(0, 2 * wp - 1)], 0.0) * wy * wx
+
+    # 4. Downsample x2: correlation with the taps, the rim and one more pixel cropped:
+    #    y[m] = sum_k out[2m + 1 + k] f[k]  (as an [n, 2n + 12] matrix per axis).
+    def down(n: int) -> np.ndarray:
+        k = np.arange(2 * n + 12)[None, :] - 2 * np.arange(n)[:, None] - 1
+        return np.where((k >= 0) & (k < 12), f[k.clip(0, 11)], 0.0)
+
+    return np.einsum("ya,cab,xb->cyx", down(h), out, down(w))
+
+
+def test_geometric_resampling_matches_the_official_centre():
+    """At fixed parameters the 2x path equals the official one; its centre is 1/4 px off the nominal one."""
+    x = -np.ones((1, 16, 16))
+    x[:, 5:11, 4:12] = 1.0  # a sharp-edged, off-centre rectangle, so a 1/4 px shift shows
+    cases = {  # scale, pre-rotation, aniso, post-rotation, tx, ty
+        "rotation": (1.0, 0.5, 1.0, 0.0, 0.0, 0.0),
+        "quarter turn": (1.0, math.pi / 2, 1.0, 0.0, 0.0, 0.0),
+        "scale": (1.3, 0.0, 1.0, 0.0, 0.0, 0.0),
+        "aniso": (1.0, 0.0, 0.7, 0.0, 0.0, 0.0),
+        "all": (0.8, -2.0, 1.25, 0.9, 1.3, -0.7),
+    }
+    params = torch.tensor(list(cases.values()), dtype=torch.float64).T
+    inverse = geometric_inverse(*params)  # [5, 3, 3] float64
+    ours = affine_resample(torch.tensor(x, dtype=torch.float32)[None].repeat(len(cases), 1, 1, 1), inverse)
+    for i, name in enumerate(cases):
+        official = _reference_geometric(x, inverse[i].numpy())
+        nominal = _reference_geometric(x, inverse[i].numpy(), half_pixel_step=False)
+        err = np.abs(ours[i].double().numpy() - official).max()
+        assert err < 1e-5, (name, err)  # float32 rounding
+        assert np.abs(nominal - official).max() > 0.05, name  # the nominal centre would fail above
 
 
 def test_colour_matrices_on_known_colours():

@@ -196,35 +196,48 @@ def affine_resample(
     inverse: torch.Tensor,        # [N, 3, 3] output -> source map on centred pixel coordinates
     supersample: bool = True,     # resample at 2x between sym6 up- and down-sampling
 ) -> torch.Tensor:
-    """Warp every image by its matrix: reflect padding, bilinear `grid_sample` (§3.2 / §3.5 step 4)."""
+    """Warp every image by its matrix: reflect padding, bilinear `grid_sample` (§3.2 / §3.5 step 4).
+
+    Centre. §3.2 puts the origin at the image centre c = ((W-1)/2, (H-1)/2), but the official 2x
+    path turns a rotation or scaling about c into one about c - (1/4, 1/4) (pixel indices): it
+    converts the matrix to the 2x image by conjugating it with a 2x scale and then with a
+    (-1/2, -1/2) translation at the 2x rate, and hands that to `affine_grid` (align_corners=False).
+    Followed through, the output sub-pixel at 1x position P (relative to c) is mapped as P + 1/4
+    and the source read 1/4 px lower: ``src = A (P + 1/4) + t - 1/4``. Translations are unchanged.
+    The 2x path here uses that centre, so it equals the official one up to float rounding. The
+    quarter pixel mostly offsets the phase of the sym6 filters (the taps' centre of mass is 5.1,
+    not the 5.5 that the up- and down-sampling's padding assumes), so the unfiltered 1x path keeps
+    c: on image content that is the closer of the two to the official output.
+    """
     n, _, h, w = x.shape
     dev, inverse = x.device, inverse.to(x.device, torch.float32)
     cx, cy = (w - 1) / 2, (h - 1) / 2
 
-    # 1. Reflect-pad by the largest excursion of the output's corners beyond the image, plus the
-    #    support of the filters (6 px), clipped to what 'reflect' allows.
-    corners = torch.tensor([[-w / 2, -h / 2, 1], [w / 2, -h / 2, 1], [w / 2, h / 2, 1], [-w / 2, h / 2, 1]],
-                           device=dev).T
+    # 1. Reflect-pad, as the official pipeline does: map the corner pixels' centres through the
+    #    matrix (about the nominal centre), take the largest excursion beyond them on each side, add
+    #    the support of the filters (6 px; 1 px for the 1x path's bilinear), clip to
+    #    [0, size - 1] (what 'reflect' allows) and round up.
+    corners = torch.tensor([[-cx, -cy, 1], [cx, -cy, 1], [cx, cy, 1], [-cx, cy, 1]], device=dev).T
     src = inverse @ corners                                          # [N, 3, 4]
     margin = 6 if supersample else 1
-    ext = torch.stack([-src[:, 0].min() - w / 2, -src[:, 1].min() - h / 2,
-                       src[:, 0].max() - w / 2, src[:, 1].max() - h / 2]).clamp(min=0) + margin
+    ext = torch.stack([-src[:, 0].min() - cx, -src[:, 1].min() - cy, src[:, 0].max() - cx, src[:, 1].max() - cy])
+    ext = torch.minimum((ext + margin).clamp(min=0), torch.tensor([w - 1, h - 1, w - 1, h - 1], device=dev))
     left, top, right, bottom = (int(v) for v in ext.ceil().tolist())
-    left, right = min(left, w - 1), min(right, w - 1)
-    top, bottom = min(top, h - 1), min(bottom, h - 1)
     x = F.pad(x, [left, right, top, bottom], mode="reflect")
     hp, wp = x.shape[2:]
 
-    # 2. Output sample positions in 1x pixel coordinates (2x: sub-pixels at +-1/4, plus a 3 px
-    #    rim that the down-sampling filter reads), mapped to the source and normalised.
+    # 2. Output sample positions in 1x pixel coordinates relative to the centre (2x: sub-pixels at
+    #    +-1/4, plus a 3 px rim that the down-sampling filter reads), mapped to the source and
+    #    normalised. At 2x, 1x pixel index i sits at 2x index 2i + 1/2 (sym6 up-sampling).
     factor, rim = (2, 6) if supersample else (1, 0)
-    ks = (torch.arange(-rim, factor * w + rim, device=dev) - (factor - 1) / 2) / factor - cx
-    js = (torch.arange(-rim, factor * h + rim, device=dev) - (factor - 1) / 2) / factor - cy
+    ox, oy = (cx - 0.25, cy - 0.25) if supersample else (cx, cy)    # the centre (see the docstring)
+    ks = (torch.arange(-rim, factor * w + rim, device=dev) - (factor - 1) / 2) / factor - ox
+    js = (torch.arange(-rim, factor * h + rim, device=dev) - (factor - 1) / 2) / factor - oy
     gy, gx = torch.meshgrid(js, ks, indexing="ij")
     pts = torch.stack([gx, gy, torch.ones_like(gx)], dim=-1).reshape(-1, 3)   # [P, 3]
     src = pts @ inverse.transpose(1, 2)                                        # [N, P, 3]
-    sx = (src[..., 0] + cx + left) * factor + (factor - 1) / 2                 # pixel coords at the sampling rate
-    sy = (src[..., 1] + cy + top) * factor + (factor - 1) / 2
+    sx = (src[..., 0] + ox + left) * factor + (factor - 1) / 2                 # pixel coords at the sampling rate
+    sy = (src[..., 1] + oy + top) * factor + (factor - 1) / 2
     grid = torch.stack([(2 * sx + 1) / (factor * wp) - 1, (2 * sy + 1) / (factor * hp) - 1], dim=-1)
     grid = grid.reshape(n, js.numel(), ks.numel(), 2).to(x.dtype)
 
