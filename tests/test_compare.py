@@ -261,6 +261,28 @@ def test_compare_tables_come_from_the_right_files(tmp_path):
     assert md_path.read_text().splitlines()[1:] == lines
 
 
+def test_compare_tables_show_whether_reconstructions_keep_the_class(tmp_path):
+    """How often f classifies a system's reconstructions as their inputs (and the mean γ term without γ): a
+    column pair of table 2, explained below it, and in the JSON; '–' for an evaluation written before it."""
+    files = write_evaluations(
+        tmp_path, evaluation("VisCoIN", 0.79, 0.16, 11.7, reconstruction__reconstruction_agreement=0.625,
+                             reconstruction__reconstruction_ce=0.8125),
+        evaluation("FLINT", 0.77, 0.11, 26.5, reconstruction__reconstruction_agreement=0.3,
+                   reconstruction__reconstruction_ce=1.5),
+        evaluation("FLAEM", 0.52, 0.22, 31.0))
+    _, json_path, md, _ = write_comparison(files, tmp_path / "out")
+    lines = md.splitlines()
+    header = next(line for line in lines if line.startswith("| Dataset | System |"))
+    assert "| FID (Inception) | Rec. same class (%) | Rec. CE | FF τ=0.1 |" in header
+    assert "| CUB | VisCoIN | 0.1600 | 0.640 | 16.00 | 62.5 | 0.812 | 0.320 (0.030) | 84.0 ± 10.0 | 11.70 |" in lines
+    assert "| CUB | FLINT | 0.1100 | 0.440 | 11.00 | 30.0 | 1.500 | 0.220 (0.030) | 82.0 ± 10.0 | 26.50 |" in lines
+    assert "| CUB | FLAEM | 0.2200 | 0.880 | 22.00 | – | – | 0.440 (0.030) | 57.0 ± 10.0 | 31.00 |" in lines
+    assert any(line.startswith("Does the picture show the right class?") for line in lines)
+    by_name = {s["name"]: s for s in json.loads(json_path.read_text())["systems"]}
+    assert by_name["VisCoIN"]["reconstruction_agreement"] == 0.625 and by_name["FLINT"]["reconstruction_ce"] == 1.5
+    assert by_name["FLAEM"]["reconstruction_agreement"] is None
+
+
 def test_compare_reports_what_differs():
     results = [evaluation("VisCoIN", 0.79, 0.16, 11.7),
                evaluation("FLINT", 0.77, 0.11, 26.5, data__split_seed=1, accuracy__f=0.81, config__seed=4),

@@ -13,12 +13,12 @@ from conftest import ListDataset, make_folder, tiny_model
 
 from viscoin.classifier.model import save_classifier
 from viscoin.interpret import ConceptExplainer
-from viscoin.model.contract import ConceptModel
-from viscoin.model.passes import Encoded, encode_dataset
+from viscoin.model.contract import ConceptModel, Encoding
+from viscoin.model.passes import Encoded, agreement_check, encode_dataset
 from viscoin.model.relevance import global_relevance
 from viscoin.metrics.consistency import FEATURE_LAYER, consistency, relevant_classes
 from viscoin.cli.evaluate import add_evaluate_arguments, run_evaluate_command
-from viscoin.metrics.evaluate import EvaluateConfig, evaluate_checkpoint, markdown_tables
+from viscoin.metrics.evaluate import EvaluateConfig, evaluate_checkpoint, evaluate_model, markdown_tables
 from viscoin.metrics.faithfulness import faithfulness, random_masks
 from viscoin.utils.fid import ClassifierFeatures, FIDFeatures, InceptionFeatures, fid_from_features
 from viscoin.metrics.fidelity import fidelity_pass
@@ -425,6 +425,78 @@ def test_fidelity_pass_fid_with_a_tiny_extractor():
     assert out["accuracy_g"] == pytest.approx((pred_g == ds.y).float().mean().item())
 
 
+class MeanF(torch.nn.Module):
+    """A hand-made f whose logits are (m, 0, −m), m the image's mean: class 0 for a bright image, 2 for a dark one."""
+
+    num_classes = 3
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = x.mean(dim=(1, 2, 3))
+        return torch.stack([m, torch.zeros_like(m), -m], dim=1)
+
+
+class DecoderModel(ConceptModel):
+    """One concept; Φ' carries the image itself and the decoder returns `decoder(x)`: its reconstruction."""
+
+    family = "stub"
+
+    def __init__(self, decoder) -> None:
+        super().__init__(MeanF(), resolution=2)
+        self.weight = torch.nn.Parameter(torch.tensor([[1.0], [0.0], [-1.0]]), requires_grad=False)
+        self.decoder = decoder
+
+    @property
+    def num_concepts(self) -> int:
+        return 1
+
+    def encode(self, x: torch.Tensor) -> Encoding:
+        phi = x.mean(dim=(1, 2, 3)).clamp_min(0)[:, None, None, None]
+        return Encoding(self.classify(x), phi, x.flatten(1), self.predict_from(phi))
+
+    def predictor_weights(self):
+        return self.weight, None
+
+    def decode(self, phi: torch.Tensor, support: torch.Tensor | None) -> torch.Tensor:
+        return self.decoder(support.view(-1, 3, 2, 2))
+
+
+def probs(m: float) -> list[float]:
+    """softmax(m, 0, −m), by hand."""
+    e = [np.exp(m), 1.0, np.exp(-m)]
+    return [v / sum(e) for v in e]
+
+
+MEANS = [1.0, 0.5, -0.5, -2.0]                      # f's classes of the inputs: 0, 0, 2, 2
+
+
+def test_reconstruction_agreement_and_ce_by_hand():
+    """f(x̃) against f(x): a decoder returning x agrees on every image and its CE is the entropy of f(x); one
+    returning −x reverses f's classes (agreement 0); one returning a bright image agrees on the bright inputs."""
+    ds = ListDataset(torch.tensor(MEANS)[:, None, None, None].expand(4, 3, 2, 2).clone(), torch.tensor([0, 0, 2, 2]))
+    p = [probs(m) for m in MEANS]
+    cases = {
+        "identity": (lambda x: x, 1.0, np.mean([-sum(q * np.log(q) for q in pm) for pm in p])),
+        "negated": (lambda x: -x, 0.0, np.mean([-sum(pm[c] * np.log(pm[2 - c]) for c in range(3)) for pm in p])),
+        "bright": (lambda x: torch.ones_like(x), 0.5,
+                   np.mean([-sum(pm[c] * np.log(probs(1.0)[c]) for c in range(3)) for pm in p])),
+    }
+    for name, (decoder, agreement, ce) in cases.items():
+        model = DecoderModel(decoder)
+        for out in (fidelity_pass(model, ds, batch_size=3), agreement_check(model, ds, batch_size=3)):
+            assert out["reconstruction_agreement"] == pytest.approx(agreement), name
+            assert out["reconstruction_ce"] == pytest.approx(ce, rel=1e-5), name
+            assert out["count"] == 4 and out["accuracy_f"] == 1.0
+    res = evaluate_model(DecoderModel(cases["bright"][0]), ds, ds, EvaluateConfig(
+        metrics=("accuracy", "reconstruction"), fid_features="none", lpips=False, progress=False), name="means")
+    rec = res["reconstruction"]
+    assert rec["reconstruction_agreement"] == 0.5 and rec["reconstruction_ce"] == pytest.approx(cases["bright"][2])
+    md = markdown_tables(res)
+    assert "| MSE | LPIPS | FID | Rec. same class (%) | Rec. CE |" in md
+    assert f"| 50.0 | {cases['bright'][2]:.3f} |" in md and "Does the picture show the right class?" in md
+    old = {**res, "reconstruction": {k: v for k, v in rec.items() if not k.startswith("reconstruction_")}}
+    assert "Rec. same class" not in markdown_tables(old)                  # evaluations written before it
+
+
 def test_missing_inception_weights_give_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match=r"weights-inception-2015-12-05-6726825d\.pth.*--fid-features classifier"):
         InceptionFeatures(tmp_path / "nope.pth")
@@ -469,6 +541,7 @@ def test_evaluate_checkpoint_end_to_end(checkpoint, tmp_path):
     assert set(res["accuracy"]) == {"g", "f", "agreement", "count"} and res["accuracy"]["count"] == 9
     rec = res["reconstruction"]
     assert rec["fid_features"] == "classifier features" and rec["fid"] >= 0 and rec["lpips"] is None
+    assert 0 <= rec["reconstruction_agreement"] <= 1 and rec["reconstruction_ce"] > 0
     assert set(res["faithfulness"]["thresholds"]) == {"0.1", "0.2", "0.4"} and res["faithfulness"]["count"] == 5
     cons = res["consistency"]
     assert set(cons["lambdas"]) == {"2.0", "4.0"} and len(cons["concepts"]) == 2
@@ -483,6 +556,7 @@ def test_evaluate_checkpoint_end_to_end(checkpoint, tmp_path):
     md = markdown_tables(res)
     assert "| f (classifier) |" in md and "| g (VisCoIN) |" in md
     assert "FID (classifier features)" in md and "FF τ=0.1" in md and "Consistency λ=2.0" in md
+    assert "Rec. same class (%)" in md
     assert "LPIPS off" in md
 
 

@@ -126,3 +126,100 @@ def test_report_opens_in_headless_chromium_without_errors(report, tmp_path):
     assert title.startswith("VisCoIN report")
     assert images and all(done and width > 0 for _, done, width in images), images
     assert shot.stat().st_size > 10_000
+
+
+# ---------------------------------------------------------------------------------------------
+# The class-concept pairs by the paper's rule (r(j, c) > 0.5), capped per class
+
+
+class Tables(HTMLParser):
+    """The cells of every table of a page, row by row."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: list[list[list[str]]] = []
+        self.cell: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr":
+            self.tables[-1].append([])
+        elif tag in ("td", "th"):
+            self.cell = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self.cell is not None:
+            self.tables[-1][-1].append("".join(self.cell).strip())
+            self.cell = None
+
+    def handle_data(self, data: str) -> None:
+        if self.cell is not None:
+            self.cell.append(data)
+
+
+# class 0: three concepts over 0.5; class 1: one (0.5 itself is not over); class 2: none
+RELEVANCE = torch.tensor([[0.9, 0.7, 0.6, 0.2],
+                          [0.1, 0.55, 0.5, -0.3],
+                          [0.3, 0.2, 0.4, 0.45]])
+
+
+def pairs_rows(doc: str) -> dict[str, list[str]]:
+    parser = Tables()
+    parser.feed(doc)
+    found = [t for t in parser.tables if t and t[0] and t[0][0] == "class c"]
+    assert len(found) == 1
+    return {row[0]: row[1:] for row in found[0][1:]}
+
+
+def test_class_concept_pairs_follow_the_threshold_and_the_cap():
+    from viscoin.interpret.explainer import ConceptExplainer
+
+    sel = ConceptExplainer.class_concept_pairs(RELEVANCE, per_class=2)
+    assert [s["concepts"].tolist() for s in sel] == [[0, 1], [1], []]
+    assert [s["passing"] for s in sel] == [3, 1, 0]
+    assert sel[2]["best"] == (3, pytest.approx(0.45)) and sel[0]["relevance"].tolist() == pytest.approx([0.9, 0.7])
+    assert [s["concepts"].tolist() for s in ConceptExplainer.class_concept_pairs(RELEVANCE, 0.65)] == [[0, 1], [], []]
+    with pytest.raises(ValueError, match="per_class"):
+        ConceptExplainer.class_concept_pairs(RELEVANCE, per_class=0)
+
+
+def test_report_shows_the_pairs_over_the_threshold_capped_per_class(report, tmp_path, monkeypatch):
+    from viscoin.interpret.explainer import ConceptExplainer
+
+    monkeypatch.setattr(ConceptExplainer, "global_relevance", lambda self, data: RELEVANCE.clone())
+    ckpt = report.parent.parent / "viscoin"
+    out = tmp_path / "r"
+    metrics = tmp_path / "evaluation.json"      # with the reconstructions' class agreement: said up front
+    metrics.write_text(json.dumps({"dataset": "shapes", "accuracy": {"f": 1.0, "g": 0.9, "agreement": 0.9},
+                                   "reconstruction": {"mse": 0.1, "reconstruction_agreement": 0.625,
+                                                      "reconstruction_ce": 0.8}}))
+    assert run_report([str(ckpt), "--out", str(out), "--pairs", "10", "--concepts-per-class", "2",
+                       "--samples", "1", "--device", "cpu", "--metrics", str(metrics)]) == 0
+    doc = (out / "index.html").read_text(encoding="utf-8")
+    assert "f classifies 62.5% of the test reconstructions" in doc and "Rec. same class (%)" in doc
+    rows = pairs_rows(doc)
+    assert rows == {CLASSES[0]: ["0 (+0.900), 1 (+0.700)", "3 (2 shown)"],
+                    CLASSES[1]: ["1 (+0.550)", "1"],
+                    CLASSES[2]: ["none above 0.5 (highest: concept 3, r = +0.450)", "0"]}
+    assert "4 pairs in 2 of 3 classes" in doc
+    # figures: the pairs listed, most relevant first, and no other
+    pair_figures = sorted(p.name for p in (out / "figures").glob("pair-*.png"))
+    assert pair_figures == ["pair-01-class0-concept0.png", "pair-02-class0-concept1.png", "pair-03-class1-concept1.png"]
+
+    assert run_report([str(ckpt), "--out", str(out), "--relevance-threshold", "0.65", "--pairs", "1",
+                       "--samples", "1", "--device", "cpu"]) == 0
+    doc = (out / "index.html").read_text(encoding="utf-8")
+    rows = pairs_rows(doc)
+    assert rows[CLASSES[0]] == ["0 (+0.900), 1 (+0.700)", "2"]
+    assert rows[CLASSES[1]] == ["none above 0.65 (highest: concept 1, r = +0.550)", "0"]
+    assert sorted(p.name for p in (out / "figures").glob("pair-*.png")) == ["pair-01-class0-concept0.png"]
+
+    assert run_report([str(ckpt), "--out", str(out), "--relevance-threshold", "0.95", "--samples", "1",
+                       "--device", "cpu"]) == 0
+    doc = (out / "index.html").read_text(encoding="utf-8")
+    assert "No class–concept pair has r(j, c) &gt; 0.95" in doc and not list((out / "figures").glob("pair-*.png"))
+    with pytest.raises(ValueError, match="--relevance-threshold"):
+        run_report([str(ckpt), "--out", str(out), "--relevance-threshold", "1.5"])
+    with pytest.raises(SystemExit):
+        run_report([str(ckpt), "--out", str(out), "--concepts-per-class", "0"])

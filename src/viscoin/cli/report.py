@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from viscoin.cli.common import add_am_argument, am_config, parse_lambdas, positive_int
+from viscoin.cli.common import add_am_argument, am_config, finite_float, parse_lambdas, positive_int
+from viscoin.interpret.explainer import PAIR_THRESHOLD
 from viscoin.metrics.evaluate import EvaluateConfig, evaluate_checkpoint
 from viscoin.model.loading import load_trained
 from viscoin.report.html import MANIFEST, default_metrics_file, default_out_dir, read_metrics, report_folder, write_report
@@ -36,7 +37,13 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics", type=Path, default=None,
                         help="metrics JSON written by `viscoin evaluate` (default: CHECKPOINT/../evaluation.json if present)")
     parser.add_argument("--evaluate", action="store_true", help="compute the metrics now (slow; instead of --metrics)")
-    parser.add_argument("--pairs", type=positive_int, default=6, help="most relevant class-concept pairs to show (default: 6)")
+    parser.add_argument("--relevance-threshold", type=finite_float, default=PAIR_THRESHOLD, metavar="R",
+                        help="class c and concept j form a pair when their global relevance r(j, c) > R, in [-1, 1) "
+                             f"(default: {PAIR_THRESHOLD:g}, the paper's rule); the report lists each class's pairs")
+    parser.add_argument("--concepts-per-class", type=positive_int, default=3, metavar="N",
+                        help="at most N pairs listed (and drawn) per class, the most relevant first (default: 3)")
+    parser.add_argument("--pairs", type=positive_int, default=6,
+                        help="class-concept pairs drawn with figures: the most relevant of the pairs listed (default: 6)")
     parser.add_argument("--samples", type=positive_int, default=5, help="most activating samples per pair (default: 5)")
     parser.add_argument("--lambdas", default="0,1,2,4", help="multipliers of the concept in the sweeps (default: 0,1,2,4)")
     parser.add_argument("--compare", type=Path, nargs="+", default=[], metavar="CHECKPOINT",
@@ -54,6 +61,8 @@ def run_report_command(args: argparse.Namespace) -> int:
         raise ValueError("give either --metrics FILE or --evaluate, not both")
     if args.pairs < 1 or args.samples < 1:
         raise ValueError(f"--pairs and --samples: expected >= 1, got {args.pairs} and {args.samples}")
+    if not -1 <= args.relevance_threshold < 1:
+        raise ValueError(f"--relevance-threshold: expected a global relevance in [-1, 1), got {args.relevance_threshold}")
     lambdas = parse_lambdas(args.lambdas)
     device = resolve_device(args.device)
     out = args.out if args.out is not None else default_out_dir(args.checkpoint)
@@ -69,7 +78,8 @@ def run_report_command(args: argparse.Namespace) -> int:
         metrics, source = evaluate_metrics(args.checkpoint, list(args.overrides), device), "viscoin evaluate (run by the report)"
     others = [load_trained(c, list(args.overrides), device) for c in args.compare]
     compared = [m for m in [metrics, *(_found_metrics(c) for c in args.compare)] if m] if others else []
-    index = write_report(args.checkpoint, out, metrics=metrics, pairs=args.pairs, samples=args.samples,
+    index = write_report(args.checkpoint, out, metrics=metrics, pairs=args.pairs, threshold=args.relevance_threshold,
+                         per_class=args.concepts_per_class, samples=args.samples,
                          lambdas=lambdas, data_overrides=list(args.overrides), device=device,
                          batch_size=args.batch_size, metrics_source=source, comparison=others,
                          comparison_metrics=compared, am=am_config(args), overwrite=args.overwrite)

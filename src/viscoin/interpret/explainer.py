@@ -7,7 +7,8 @@ Everything follows the paper's section 3.5 (and figure 4, appendix E):
   ``r_{j,c}`` (mean of ``r_{j,x}`` over the samples of class c) come from the model's contract
   (`ConceptModel.relevance`, `viscoin.model.relevance`), never re-implemented here;
 - concepts to show are those with relevance above a threshold (0.5 in the paper's figures) or the
-  top-k, each with its most activating training samples (per class or overall);
+  top-k, each with its most activating training samples (per class or overall); the class-concept
+  pairs of a class are its concepts with global relevance above 0.5 (`class_concept_pairs`);
 - concept j is visualised on x by multiplying ``φ_j(x)`` by λ, keeping every other activation,
   ``Φ'(x)`` and G's noise fixed: ``G(w̄ + Ω(Φ_λ(x), Φ'(x)))`` for VisCoIN, the decoder's image for
   a baseline. λ = 1 is the reconstruction, λ = 0 removes the concept; difference images between
@@ -31,6 +32,7 @@ from viscoin.model.passes import Encoded, encode_dataset
 from viscoin.model.relevance import global_relevance, select_concepts, top_activating
 
 DEFAULT_LAMBDAS: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0)
+PAIR_THRESHOLD = 0.5      # the paper's rule: (class c, concept j) is a relevant pair when r_{j,c} > 0.5
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,6 +142,31 @@ class ConceptExplainer:
         if global_rel.ndim != 2 or not 0 <= c < global_rel.shape[0]:
             raise ValueError(f"class {c} out of range for global relevance of shape {list(global_rel.shape)}")
         return select_concepts(global_rel[c], k, threshold)
+
+    @staticmethod
+    def class_concept_pairs(
+        global_rel: torch.Tensor,                # global relevance [C, K]
+        threshold: float = PAIR_THRESHOLD,       # a pair when r_{j,c} > threshold (the paper: 0.5)
+        per_class: int | None = None,            # at most this many concepts kept per class (None: all)
+    ) -> list[dict[str, Any]]:
+        """The paper's class-concept pairs, class by class: for each class c, the concepts with global relevance
+        ``r_{j,c} > threshold`` by decreasing relevance (ties: lower index first), at most `per_class`.
+
+        One dict per class, in class order: ``class``, ``concepts`` int64 [M], ``relevance`` [M], ``passing``
+        (how many concepts pass the threshold, before the cut to `per_class`) and ``best`` ((concept, r) of the
+        class's most relevant concept, passing or not)."""
+        if global_rel.ndim != 2:
+            raise ValueError(f"global relevance: expected [C, K], got {list(global_rel.shape)}")
+        if per_class is not None and per_class < 1:
+            raise ValueError(f"per_class: expected >= 1, got {per_class}")
+        out = []
+        for c in range(global_rel.shape[0]):
+            sel = select_concepts(global_rel[c], threshold=threshold)
+            top = select_concepts(global_rel[c], k=1)
+            out.append({"class": c, "concepts": sel["concepts"][:per_class], "relevance": sel["relevance"][:per_class],
+                        "passing": len(sel["concepts"]),
+                        "best": (int(top["concepts"][0]), float(top["relevance"][0]))})
+        return out
 
     @staticmethod
     def top_pairs(global_rel: torch.Tensor, m: int) -> list[tuple[int, int, float]]:

@@ -9,7 +9,8 @@ names its system (``"model"``: the family) and dataset; this module
   evaluation settings, naming every value that differs and in which files;
 - lays the numbers out (`comparison_markdown`): table 1 with one row per system and one column
   per dataset (f's accuracy in its own row), table 2 with one row per (dataset, system) and the
-  columns of `viscoin.metrics.evaluate.table2_columns`;
+  columns of `viscoin.metrics.evaluate.table2_columns` (with how often f classifies a system's
+  reconstructions as their inputs, and the mean of eq. 4's γ term, where the evaluations have them);
 - gives them as JSON (`comparison_json`), and writes both files (`write_comparison`), refusing
   to replace files it did not write.
 """
@@ -22,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from viscoin.metrics.evaluate import fmt_number, table2_columns
+from viscoin.metrics.evaluate import RECONSTRUCTION_CLASS_NOTE, fmt_number, has_reconstruction_class, table2_columns
 from viscoin.utils.io import atomic_path, read_json, refuse_existing, write_json
 
 WRITER = "viscoin compare"
@@ -138,6 +139,7 @@ def comparison_markdown(results: Sequence[dict[str, Any]], names: Sequence[str],
             "| Dataset | System | " + " | ".join(header) + " |", "|---|---|" + "---:|" * len(header)]
     for d in datasets:
         out += [f"| {d} | {n} | " + " | ".join(c) + " |" for n, r, c in zip(names, results, cells) if r["dataset"] == d]
+    out += ["", RECONSTRUCTION_CLASS_NOTE] if has_reconstruction_class(results) else []
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -149,7 +151,8 @@ def _numbers(r: dict[str, Any]) -> dict[str, Any]:
     return {
         "accuracy_g": acc.get("g"), "accuracy_f": acc.get("f"), "agreement": acc.get("agreement"),
         "test_count": acc.get("count"), "mse": rec.get("mse"), "lpips": rec.get("lpips"), "fid": rec.get("fid"),
-        "fid_features": rec.get("fid_features"),
+        "fid_features": rec.get("fid_features"), "reconstruction_agreement": rec.get("reconstruction_agreement"),
+        "reconstruction_ce": rec.get("reconstruction_ce"),
         "faithfulness": {t: {"median": v.get("median"), "random_median": v.get("random_median")} for t, v in ff.items()},
         "consistency": {lam: {"mean": v.get("mean"), "std": v.get("std")} for lam, v in cons.items()},
         "visualisation_fid": vis.get("fid"), "visualisation_fid_features": vis.get("fid_features"),

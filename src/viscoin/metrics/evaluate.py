@@ -5,13 +5,15 @@
 
 The data config is the one saved with the checkpoint (``extra["data"]``), changed by
 ``data.KEY=VALUE`` overrides. Test split: accuracy of g and f and their agreement, reconstruction
-MSE / LPIPS / FID, faithfulness (median FF_x at each τ, with the random baseline). Training and
-test splits (no augmentation): consistency (mean ± std over concepts, per λ) and, when the
-dataset has attribute labels (synthetic birds, CUB, CelebA-HQ), the ground-truth metrics of
-`viscoin.metrics.ground_truth` (concept-attribute alignment, visualisation correctness). Training
-split: the visualisation FID of appendix C.2 (`viscoin.metrics.visualisation_fid`). Everything is
-seeded (`EvaluateConfig.seed`) and batched; `markdown_tables` lays the numbers out like the
-paper's tables 1 and 2. Every model is measured through the concept-model contract
+MSE / LPIPS / FID, whether f classifies each reconstruction as it classifies the input (the share
+that agree, and the mean of eq. 4's γ term without γ: `viscoin.metrics.fidelity`), faithfulness
+(median FF_x at each τ, with the random baseline). Training and test splits (no augmentation):
+consistency (mean ± std over concepts, per λ) and, when the dataset has attribute labels
+(synthetic birds, CUB, CelebA-HQ), the ground-truth metrics of `viscoin.metrics.ground_truth`
+(concept-attribute alignment, visualisation correctness). Training split: the visualisation FID
+of appendix C.2 (`viscoin.metrics.visualisation_fid`). Everything is seeded
+(`EvaluateConfig.seed`) and batched; `markdown_tables` lays the numbers out like the paper's
+tables 1 and 2. Every model is measured through the concept-model contract
 (`viscoin.model.contract`), so VisCoIN and the baselines go through the same code.
 """
 
@@ -146,6 +148,8 @@ def evaluate_model(
         if recon:
             result["reconstruction"] = {
                 "count": out["count"], "mse": out["mse"],
+                "reconstruction_agreement": out["reconstruction_agreement"],
+                "reconstruction_ce": out["reconstruction_ce"],
                 "lpips": out.get("lpips"), "lpips_name": out.get("lpips_name"), "lpips_note": lpips_note,
                 "fid": out.get("fid"), "fid_features": out.get("fid_features"),
             }
@@ -262,6 +266,7 @@ def markdown_tables(results: dict[str, Any] | Sequence[dict[str, Any]]) -> str:
         notes = {r["reconstruction"]["lpips_note"] for r in rows
                  if r.get("reconstruction", {}).get("lpips_note")}
         out += [""] + [f"LPIPS {note}" for note in sorted(notes)]
+        out += ["", RECONSTRUCTION_CLASS_NOTE] if has_reconstruction_class(rows) else []
     if any("alignment" in r.get("ground_truth", {}) for r in rows):
         out += ["", "Ground truth: concept-attribute alignment (best ROC-AUC per attribute; captured: AUC >= 0.9), "
                 "attribute-probe accuracy, visualisation correctness (share of the most relevant concepts whose "
@@ -298,13 +303,28 @@ def _fid_column(rows: list[dict[str, Any]], metric: str, title: str) -> tuple[st
     return (f"{title} ({next(iter(labels))})" if one_label else title), cells
 
 
+RECONSTRUCTION_CLASS_NOTE = (
+    "Does the picture show the right class? Rec. same class: the share (%) of test images whose reconstruction "
+    "x̃ f classifies as it classifies the input x (argmax f(x̃) = argmax f(x)); Rec. CE: the mean cross-entropy "
+    "CE(f(x̃), f(x)) of f's prediction on x̃ against its probabilities on x, the quantity eq. 4's γ term trains "
+    "(without the weight γ; its floor is the entropy of f(x), not 0). A low share means the decoded images often "
+    "show another class than their inputs, however close their pixels.")
+
+
+def has_reconstruction_class(rows: Sequence[dict[str, Any]]) -> bool:
+    """Whether any result has the reconstruction's class agreement (evaluations before it was added do not)."""
+    return any((r.get("reconstruction") or {}).get("reconstruction_agreement") is not None for r in rows)
+
+
 def table2_columns(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    """Table 2's header and each result's cells: MSE, LPIPS, FID, FF per τ, consistency per λ, and the
-    visualisation FID when any result has it."""
+    """Table 2's header and each result's cells: MSE, LPIPS, FID, the reconstructions' class agreement with
+    the inputs and their CE (when any result has them), FF per τ, consistency per λ, and the visualisation
+    FID when any result has it."""
     taus = list(dict.fromkeys(t for r in rows for t in r.get("faithfulness", {}).get("thresholds", {})))
     lams = list(dict.fromkeys(lam for r in rows for lam in r.get("consistency", {}).get("lambdas", {})))
     fid_header, fid_cells = _fid_column(rows, "reconstruction", "FID")
-    header = ["MSE", "LPIPS", fid_header]
+    rec_class = has_reconstruction_class(rows)
+    header = ["MSE", "LPIPS", fid_header] + (["Rec. same class (%)", "Rec. CE"] if rec_class else [])
     header += [f"FF τ={t}" for t in taus] + [f"Consistency λ={lam}" for lam in lams]
     vis = any("visualisation_fid" in r for r in rows)
     vis_header, vis_cells = _fid_column(rows, "visualisation_fid", "Vis. FID")
@@ -313,6 +333,10 @@ def table2_columns(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str
     for i, r in enumerate(rows):
         rec = r.get("reconstruction", {})
         cells = [fmt_number(rec.get("mse"), ".4f"), fmt_number(rec.get("lpips"), ".3f"), fid_cells[i]]
+        if rec_class:
+            agree = rec.get("reconstruction_agreement")
+            cells += [fmt_number(None if agree is None else 100 * agree, ".1f"),
+                      fmt_number(rec.get("reconstruction_ce"), ".3f")]
         ff = r.get("faithfulness", {}).get("thresholds", {})
         cells += [f"{ff[t]['median']:.3f} ({ff[t]['random_median']:.3f})" if t in ff else "–" for t in taus]
         cons = r.get("consistency", {}).get("lambdas", {})

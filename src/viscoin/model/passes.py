@@ -16,7 +16,11 @@ from typing import Any
 import torch
 
 from viscoin.model.contract import ConceptModel, Encoding
+from viscoin.model.losses import soft_cross_entropy
 from viscoin.utils.iteration import batches, load_images, progress_bar
+
+# The per-sample sums of `accumulate_agreement` (divided by the number of samples: the means).
+AGREEMENT_SUMS = ("accuracy_g", "accuracy_f", "agreement", "mse", "reconstruction_agreement", "reconstruction_ce")
 
 
 @dataclass
@@ -123,18 +127,24 @@ def agreement_check(model: ConceptModel, dataset: Any, batch_size: int, limit: i
         raise ValueError("agreement_check: no samples to evaluate")
     was = model.training
     model.eval()
-    sums = {"accuracy_g": 0.0, "accuracy_f": 0.0, "agreement": 0.0, "mse": 0.0}
+    sums = dict.fromkeys(AGREEMENT_SUMS, 0.0)
     for x, y, enc, x_rec in reconstruction_batches(model, dataset, torch.arange(n), batch_size):
-        accumulate_agreement(sums, x, y, enc, x_rec)
+        accumulate_agreement(sums, x, y, enc, x_rec, model.classify(x_rec))
     model.train(was)
     return {**{k: v / n for k, v in sums.items()}, "count": n}
 
 
 def accumulate_agreement(sums: dict[str, float], x: torch.Tensor, y: torch.Tensor, enc: Encoding,
-                         x_rec: torch.Tensor) -> None:
-    """Add one batch's correct predictions of g and f, their agreements and per-sample MSE sums to `sums`."""
+                         x_rec: torch.Tensor, logits_rec: torch.Tensor) -> None:
+    """Add one batch's sums of `AGREEMENT_SUMS` to `sums`: correct predictions of g and of f, agreements of g
+    with f, per-sample pixel MSE, and what f makes of the reconstructions: how many f classifies as it
+    classifies their inputs (argmax f(x̃) = argmax f(x)) and the sum of the per-sample soft cross-entropy
+    CE(f(x̃), softmax f(x)), the γ term of eq. 4 without its weight. `logits_rec`: f's logits of x̃
+    (`model.classify(x_rec)`)."""
     pred_g, pred_f = enc.logits_g.argmax(1), enc.logits_f.argmax(1)
     sums["accuracy_g"] += (pred_g == y).sum().item()
     sums["accuracy_f"] += (pred_f == y).sum().item()
     sums["agreement"] += (pred_g == pred_f).sum().item()
     sums["mse"] += (x_rec - x).square().mean(dim=(1, 2, 3)).sum().item()
+    sums["reconstruction_agreement"] += (logits_rec.argmax(1) == pred_f).sum().item()
+    sums["reconstruction_ce"] += soft_cross_entropy(logits_rec, enc.logits_f.float().softmax(dim=1)).sum().item()

@@ -7,9 +7,10 @@ appendix E):
 - the model, its data and the training summary saved with the checkpoint;
 - metrics tables: a JSON written by `viscoin evaluate` (``--metrics FILE``), or computed on the
   spot (``--evaluate``); without either, the report says how to add them;
-- global relevance ``r_{j,c}`` over the training split, as a heat map and as the list of the most
-  relevant class–concept pairs;
-- for each of the top pairs, the figures of the paper's figure 4 and appendix E: the most
+- global relevance ``r_{j,c}`` over the training split, as a heat map, and the class–concept pairs by
+  the paper's rule: for each class, its concepts with ``r_{j,c} > 0.5`` (the threshold and the number
+  shown per class are options), a class with none said to have none (with its highest relevance);
+- for the most relevant of those pairs, the figures of the paper's figure 4 and appendix E: the most
   activating training samples of the class, their λ sweeps (λ = 1 is the reconstruction), the
   difference images between the largest and smallest λ, the reverse difference and the energy;
   and the concept's most activating samples over all classes;
@@ -37,7 +38,7 @@ from urllib.parse import quote
 
 import torch
 
-from viscoin.interpret.explainer import DEFAULT_LAMBDAS, ConceptExplainer
+from viscoin.interpret.explainer import DEFAULT_LAMBDAS, PAIR_THRESHOLD, ConceptExplainer
 from viscoin.interpret.plot import matrix_figure, pair_figure, samples_figure, save_figure, visualisations_figure
 from viscoin.interpret.visualise import (
     ActivationMaximisationConfig,
@@ -220,6 +221,54 @@ def figure_html(src: str, alt: str, caption: str = "") -> str:
     return f'<figure><img src="{_e(quote(src))}" alt="{_e(alt)}">{cap}</figure>'
 
 
+def reconstruction_class_html(metrics: Mapping[str, Any]) -> str:
+    """One sentence on whether the reconstructions show their inputs' class (as f sees it), when the evaluation
+    has it (`viscoin.metrics.fidelity`)."""
+    rec = metrics.get("reconstruction")
+    agree = rec.get("reconstruction_agreement") if isinstance(rec, Mapping) else None
+    if not isinstance(agree, (int, float)):
+        return ""
+    ce = rec.get("reconstruction_ce")
+    ce_text = (f" The mean cross-entropy CE(f(x̃), f(x)), eq. 4's γ term without γ, is {ce:.3f}."
+               if isinstance(ce, (int, float)) else "")
+    return (f'<p class="note">Does the picture show the right class? f classifies {100 * agree:.1f}% of the test '
+            f"reconstructions x̃ as it classifies their inputs x.{_e(ce_text)}</p>")
+
+
+def ranked_pairs(by_class: Sequence[Mapping[str, Any]]) -> list[tuple[int, int, float]]:
+    """The (class, concept, r) pairs of `ConceptExplainer.class_concept_pairs`, by decreasing relevance (ties:
+    lower class, then lower concept first)."""
+    pairs = [(int(s["class"]), int(j), float(r)) for s in by_class for j, r in zip(s["concepts"], s["relevance"])]
+    return sorted(pairs, key=lambda p: (-p[2], p[0], p[1]))
+
+
+def pairs_table_html(
+    by_class: Sequence[Mapping[str, Any]],   # `ConceptExplainer.class_concept_pairs`
+    names: Sequence[str],                    # class names
+    threshold: float,
+    per_class: int,
+) -> str:
+    """The paper's class–concept pairs, one row per class: its concepts with r(j, c) > threshold (at most
+    `per_class`, most relevant first); a class without any says so and gives its highest relevance."""
+    rows = []
+    for sel in by_class:
+        c, passing = int(sel["class"]), int(sel["passing"])
+        if passing:
+            shown = ", ".join(f"{int(j)} ({float(r):+.3f})" for j, r in zip(sel["concepts"], sel["relevance"]))
+            count = str(passing) if passing <= per_class else f"{passing} ({per_class} shown)"
+        else:
+            j, r = sel["best"]
+            shown = f"none above {threshold:g} (highest: concept {j}, r = {r:+.3f})"
+            count = "0"
+        rows.append([names[c], shown, count])
+    total = sum(int(sel["passing"]) for sel in by_class)
+    with_pairs = sum(1 for sel in by_class if sel["passing"])
+    return (f"<p>The paper's rule: concept j and class c form a pair when r(j, c) &gt; {threshold:g} "
+            f"(<code>--relevance-threshold</code>). {total} pairs in {with_pairs} of {len(by_class)} classes; at "
+            f"most {per_class} shown per class (<code>--concepts-per-class</code>), most relevant first.</p>"
+            + table(rows, ["class c", "concepts j with r(j, c) > " + f"{threshold:g}" + " (r)", "pairs"]))
+
+
 # ---------------------------------------------------------------------------------------------
 # The report
 
@@ -234,7 +283,9 @@ def write_report(
     checkpoint: str | os.PathLike,                # concept-model folder (RUN/viscoin)
     out_dir: str | os.PathLike,                   # report folder: index.html + figures/
     metrics: Mapping[str, Any] | None = None,     # result of `viscoin evaluate` (JSON), if any
-    pairs: int = 6,                               # most relevant class–concept pairs to show
+    pairs: int = 6,                               # class–concept pairs shown with figures (the most relevant)
+    threshold: float = PAIR_THRESHOLD,            # a class–concept pair when r(j, c) > threshold (the paper: 0.5)
+    per_class: int = 3,                           # at most this many pairs listed (and drawn) per class
     samples: int = 5,                             # most activating samples per pair
     lambdas: Sequence[float] = DEFAULT_LAMBDAS,
     data_overrides: Sequence[str] = (),           # data.KEY=VALUE changes to the saved data config
@@ -251,8 +302,10 @@ def write_report(
     this model and those (`write_comparison_page`), linked from the index. The folder is claimed first
     (`report_folder`): nothing is computed when it is refused."""
     output = report_folder(out_dir, overwrite)
-    if pairs < 1 or samples < 1:
-        raise ValueError(f"pairs and samples: expected >= 1, got {pairs} and {samples}")
+    if pairs < 1 or samples < 1 or per_class < 1:
+        raise ValueError(f"pairs, samples and per_class: expected >= 1, got {pairs}, {samples} and {per_class}")
+    if not -1 <= threshold < 1:
+        raise ValueError(f"threshold: expected a global relevance in [-1, 1), got {threshold}")
     if len(lambdas) < 2:
         raise ValueError(f"lambdas: expected at least two values, got {list(lambdas)}")
     checkpoint = Path(checkpoint)
@@ -270,7 +323,8 @@ def write_report(
     explainer = ConceptExplainer(model, batch_size=batch_size)
     acts = explainer.activations(train)
     global_rel = explainer.global_relevance(acts)                        # [C, K]
-    top = [p for p in explainer.top_pairs(global_rel, pairs) if p[2] > 0]
+    by_class = explainer.class_concept_pairs(global_rel, threshold, per_class)
+    top = ranked_pairs(by_class)[:pairs]
 
     # -- figures ----------------------------------------------------------------------------------
     rel_src = save("global-relevance.png", matrix_figure(
@@ -319,7 +373,7 @@ def write_report(
         summary_html = ("<h3>Test summary saved at the end of training</h3>" + dict_tables(train_summary))
     if metrics:
         src_note = f'<p class="muted">From {_e(metrics_source)}.</p>' if metrics_source else ""
-        metrics_part = src_note + metrics_html(metrics)
+        metrics_part = src_note + reconstruction_class_html(metrics) + metrics_html(metrics)
     else:
         metrics_part = (
             '<p class="note">No evaluation metrics in this report. Compute them with '
@@ -327,13 +381,16 @@ def write_report(
             f"checkpoint, which the report then picks up) and rebuild the report with <code>viscoin report "
             f"{_e(checkpoint)}</code> (or <code>--metrics FILE</code>), or let the report compute them: "
             f"<code>viscoin report {_e(checkpoint)} --evaluate</code>.</p>")
+    pairs_html = pairs_table_html(by_class, names, threshold, per_class)
     if top:
-        pair_rows = [[i, names[c], j, f"{r:+.3f}"] for i, (c, j, r) in enumerate(top, 1)]
-        pairs_html = (table(pair_rows, ["#", "class c", "concept j", "r(j, c)"])
-                      + "<nav><ol>" + "".join(f'<li><a href="#pair-{i}">class {_e(names[c])} · concept {j}</a></li>'
-                                              for i, (c, j, _) in enumerate(top, 1)) + "</ol></nav>")
+        pairs_html += (f"<p>Figures below: the {len(top)} most relevant of these pairs (<code>--pairs</code>).</p>"
+                       + "<nav><ol>" + "".join(f'<li><a href="#pair-{i}">class {_e(names[c])} · concept {j} '
+                                               f'(r = {r:+.3f})</a></li>' for i, (c, j, r) in enumerate(top, 1))
+                       + "</ol></nav>")
     else:
-        pairs_html = '<p class="note">No class–concept pair has a positive global relevance.</p>'
+        pair_sections = [f'<p class="note">No class–concept pair has r(j, c) &gt; {threshold:g}, so no concept is '
+                         "drawn; a lower threshold (<code>viscoin report --relevance-threshold</code>) shows the "
+                         "most relevant concepts anyway.</p>"]
     comparison_html = ""
     if comparison:
         write_comparison_page(out_dir, [trained, *comparison], comparison_metrics, pairs=min(pairs, 3),
@@ -361,7 +418,7 @@ def write_report(
 |a<sub>l</sub>(x) W<sub>l,ĉ</sub>| for the predicted class ĉ; the global relevance r(j, c) is its mean over the
 training images of class c (paper section 3.5).</p>
 {figure_html(rel_src, "global relevance heat map", "Global relevance of every concept (columns) for every class (rows).")}
-<h3>Most relevant class–concept pairs</h3>
+<h3>Class–concept pairs</h3>
 {pairs_html}
 
 <h2>Concepts of the most relevant pairs</h2>
