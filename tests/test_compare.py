@@ -141,7 +141,8 @@ def hand_built() -> tuple:
     model = active_model()
     with torch.no_grad():
         model.theta.linear.weight.copy_(torch.eye(3, 4))
-        model.theta.linear.bias.zero_()
+        if model.theta.linear.bias is not None:
+            model.theta.linear.bias.zero_()
     pooled = torch.tensor([
         [3, 1, 1, 0], [2, 0, 1, .5], [5, 1, 0, 0],      # class 0: all predicted 0    -> r(0, 0) = 1
         [0, 2, 1, 0], [1, 4, 0, 0], [3, 1, 0, 0],       # class 1: two predicted 1    -> r(1, 1) = 2/3, r(0, 1) = 1/3

@@ -116,3 +116,21 @@ def test_shipped_config_trains_one_step(family, name, setup, tmp_path):
         assert metrics["steps"] == 1 and 0 <= metrics["test_accuracy_g"] <= 1
         assert torch.isfinite(torch.tensor(metrics["test_mse"]))
         assert (out / family / "weights.safetensors").is_file() and list((out / "samples").glob("rec-*.png"))
+
+
+@pytest.mark.parametrize("family", ["viscoin", "flint", "flaem"])
+@pytest.mark.parametrize("name, lowest", [("cub", 0.5), ("cars", 0.7), ("celebahq", 0.85)])
+def test_paper_configs_crop_no_more_than_a_generator_can_reconstruct(family, name, lowest):
+    """torchvision's default area range (0.08, 1) zooms up to 3.5x: off the distribution G was trained on."""
+    cls = {"viscoin": VisCoINTrainConfig, "flint": FlintTrainConfig, "flaem": FlaemTrainConfig}[family]
+    cfg = load_config(cls, name, family=family)
+    assert cfg.data.crop_scale == (lowest, 1.0)
+    if name == "celebahq":                                         # aligned faces: hardly any stretch
+        assert cfg.data.crop_ratio == (0.9, 1.1)
+    if family == "viscoin":
+        assert cfg.model.predictor_bias is False and cfg.model.train_noise == "const"
+        assert cfg.loss.orthogonality_reduction == "sum"
+        text = Path(str(resources.files("viscoin") / "configs" / family / f"{name}.yaml")).read_text()
+        for key in ("alpha", "beta", "gamma", "delta", "orthogonality", "latent"):   # each weight says what it multiplies
+            line = next(ln for ln in text.splitlines() if ln.strip().startswith(f"{key}:"))
+            assert "#" in line and ("mean" in line or "SUM" in line), line

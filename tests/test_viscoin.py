@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -207,3 +209,88 @@ def test_an_absurd_k_is_refused_before_anything_is_built():
             config(num_concepts=0)
     with pytest.raises(ConfigError, match="model.adapter_channels"):
         VisCoINConfig(adapter_channels=2**20)
+
+
+# -- paper fidelity: Θ without bias, the reductions of the loss terms, G's noise ---------------------
+
+
+def test_predictor_has_no_bias_by_default_as_in_the_paper():
+    model = tiny_model().eval()
+    assert VisCoINConfig().predictor_bias is False
+    assert model.theta.linear.bias is None and model.predictor_weights()[1] is None
+    x = torch.rand(3, 3, 32, 32) * 2 - 1
+    enc = model.encode(x)
+    w = model.predictor_weights()[0]
+    assert torch.allclose(enc.logits_g, model.pool(enc.phi) @ w.t(), atol=1e-6)   # g = Wᵀ·pool(Φ), nothing else
+    # with no bias, a class's logit is exactly the sum of its concepts' contributions
+    rel = model.relevance(enc.phi, enc.logits_g.argmax(1))
+    assert rel.shape == (3, model.num_concepts)
+    with_bias = VisCoIN(VisCoINConfig(num_concepts=4, adapter_channels=8, predictor_bias=True), tiny_f(), tiny_G(32), 32)
+    assert with_bias.theta.linear.bias is not None and with_bias.predictor_weights()[1] is not None
+
+
+def test_a_checkpoint_from_before_the_bias_option_loads_with_its_bias(tmp_path):
+    model = VisCoIN(VisCoINConfig(num_concepts=4, adapter_channels=8, predictor_bias=True), tiny_f(), tiny_G(32), 32)
+    path = save_viscoin(model, tmp_path / "old", tmp_path / "f", tmp_path / "G")
+    config = json.loads((path / "config.json").read_text())
+    del config["config"]["model"]["predictor_bias"]              # as written before the option existed
+    (path / "config.json").write_text(json.dumps(config))
+    loaded = load_viscoin(path, classifier=model.f, generator=model.G)
+    assert loaded.config.predictor_bias is True
+    assert torch.equal(loaded.theta.linear.bias, model.theta.linear.bias)
+
+
+def test_orthogonality_reduction_sum_is_eq5_and_mean_divides_by_k_squared():
+    model = tiny_model(k=4)
+    v = torch.nn.functional.normalize(model.psi.concept_conv.weight.flatten(1).t(), dim=0)
+    frob = ((v.t() @ v - torch.eye(4)) ** 2).sum()
+    assert torch.allclose(model.orthogonality_loss(), frob)
+    assert torch.allclose(model.orthogonality_loss("sum"), frob)
+    assert torch.allclose(model.orthogonality_loss("mean"), frob / 16)
+    with pytest.raises(ValueError, match="orthogonality reduction"):
+        model.orthogonality_loss("max")
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    for reduction, expected in (("sum", frob), ("mean", frob / 16)):
+        cfg = LossConfig(beta=0.0, orthogonality_reduction=reduction)
+        _, _, terms = training_losses(model, model, x, 0, cfg, None)
+        assert torch.allclose(terms["orthogonality"], expected)
+
+
+def test_each_loss_weight_multiplies_the_stated_reduction():
+    """Each term's scale under resizing: means stay put when the batch, the image or K grows; L_orth's sum grows."""
+    model = tiny_model()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    out = model(x)
+    doubled = type(out)(*(torch.cat([t, t]) if isinstance(t, torch.Tensor) else
+                          {k: torch.cat([v, v]) for k, v in t.items()} for t in out))
+    cfg = LossConfig(beta=0.0)
+    one = viscoin_losses(out, x, cfg, None, None)
+    two = viscoin_losses(doubled, torch.cat([x, x]), cfg, None, None)
+    for name in ("output_fidelity", "rec_l2", "rec_l1", "rec_classification", "sparsity", "latent"):
+        assert torch.allclose(one[name], two[name], atol=1e-6), name       # batch means, not sums
+    # Φ's L1 is a mean over its K·3·3 entries: a constant map of value a gives δ·a whatever K
+    phi = torch.full_like(out.phi, 0.5)
+    assert torch.allclose(viscoin_losses(out._replace(phi=phi), x, cfg, None, None)["sparsity"], torch.tensor(0.2 * 0.5))
+    # Ω's offsets: a mean over the num_ws·w_dim entries
+    off = torch.full_like(out.offsets, 2.0)
+    assert torch.allclose(viscoin_losses(out._replace(offsets=off), x, cfg, None, None)["latent"], torch.tensor(4.0))
+    big = tiny_model(k=8)
+    assert big.orthogonality_loss("mean") < big.orthogonality_loss("sum") / 60          # sum over 64 entries
+
+
+@pytest.mark.parametrize("noise", ["const", "random"])
+def test_generator_noise_in_training_passes_is_an_option_and_decoding_stays_constant(noise):
+    torch.manual_seed(0)
+    model = VisCoIN(VisCoINConfig(num_concepts=4, adapter_channels=8, train_noise=noise), tiny_f(), tiny_G(32), 32)
+    with torch.no_grad():
+        strengths = [p for n, p in model.G.named_parameters() if n.endswith("noise_strength")]
+        assert strengths
+        for p in strengths:
+            p.fill_(0.5)                                        # a fresh G's noise strengths are 0
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    a, b = model(x).x_rec, model(x).x_rec
+    assert torch.equal(a, b) == (noise == "const")
+    enc = model.encode(x)
+    assert torch.equal(model.decode(enc.phi, enc.support), model.decode(enc.phi, enc.support))
+    assert torch.allclose(model.decode(enc.phi, enc.support), a, atol=1e-6) == (noise == "const")
+    assert VisCoINConfig().train_noise == "const"

@@ -87,26 +87,41 @@ class ConceptExtractor(nn.Module):
             support = self.support(F.adaptive_avg_pool2d(x, CONCEPT_GRID))  # [N, 9K]
         return phi, support
 
-    def orthogonality_loss(self) -> torch.Tensor:
-        """L_orth = ‖VᵀV − I‖²_F, V = the concept conv weights as (inputs × K), columns L2-normalised (eq. 5)."""
+    def orthogonality_loss(self, reduction: str = "sum") -> torch.Tensor:
+        """L_orth = ‖VᵀV − I‖²_F, V = the concept conv weights as (inputs × K), columns L2-normalised (eq. 5).
+
+        reduction "sum": the Frobenius norm as written in eq. 5, a sum over the K² entries (about
+        K²/inputs at initialisation: ≈43 for K = 256 at the paper's size, against O(1) for every
+        other term); "mean": divided by K², so its scale no longer grows with K.
+        """
         v = self.concept_conv.weight.flatten(1).t()                         # [inputs, K]
         v = F.normalize(v, dim=0)
         gram = v.t() @ v
-        return (gram - torch.eye(gram.shape[0], device=gram.device, dtype=gram.dtype)).square().sum()
+        sq = (gram - torch.eye(gram.shape[0], device=gram.device, dtype=gram.dtype)).square()
+        if reduction == "sum":
+            return sq.sum()
+        if reduction == "mean":
+            return sq.mean()
+        raise ValueError(f"orthogonality reduction: expected 'sum' or 'mean', got {reduction!r}")
 
 
 class ConceptPredictor(nn.Module):
-    """Θ: g(x) = softmax(Wᵀ maxpool(Φ(x))), with dropout on the concept maps. Returns the logits."""
+    """Θ: g(x) = softmax(Wᵀ maxpool(Φ(x))) (section 3.2), with dropout on the concept maps. Returns the logits.
+
+    The paper's g has no bias, so a class's logit is a sum of concept contributions only (and the
+    relevance of section 3.3 accounts for all of it); ``bias=True`` adds one per class.
+    """
 
     def __init__(
         self,
         num_concepts: int,       # K
         num_classes: int,        # C
         dropout: float = 0.01,   # dropout on Φ before pooling (authors' code)
+        bias: bool = False,      # a bias per class (not in the paper)
     ) -> None:
         super().__init__()
         self.dropout = nn.Dropout(dropout)
-        self.linear = nn.Linear(num_concepts, num_classes)
+        self.linear = nn.Linear(num_concepts, num_classes, bias=bias)
 
     def pool(self, phi: torch.Tensor) -> torch.Tensor:
         """Pooled activations a_j(x) = maxpool(φ_j(x)): [N, K, 3, 3] -> [N, K]."""

@@ -5,9 +5,18 @@
     L_rec = ‖x − x̃‖²₂ + ‖x − x̃‖₁ + β · LPIPS(x, x̃) + γ · CE(f(x̃), f(x))
     L_reg = δ · ‖Φ(x)‖₁ + L_orth + ‖Ω(Φ(x), Φ'(x))‖²₂
 
-Reductions (ours where the paper is silent): the pixel terms are means over pixels and channels;
-the L1 of Φ and the squared norm of Ω's offsets are means over their entries; every term is then
-averaged over the batch. Each term is returned separately for logging; `total` is their sum.
+Reductions (ours where the paper is silent), i.e. what each weight multiplies:
+
+    alpha    CE(g(x), f(x)), summed over classes, mean over the batch
+    l2, l1   ‖x − x̃‖², ‖x − x̃‖₁: means over pixels, channels and the batch
+    beta     the perceptual distance per image (LPIPS: spatial means summed over layers), batch mean
+    gamma    CE(f(x̃), f(x)), summed over classes, mean over the batch
+    delta    ‖Φ(x)‖₁: mean over the K·3·3 entries and the batch
+    latent   ‖Ω(Φ, Φ')‖²: mean over the num_ws·w_dim entries and the batch
+    L_orth   ‖VᵀV − I‖²_F: a sum over the K² entries (eq. 5, weight 1; ≈43 at initialisation for
+             K = 256 at the paper's size), or with ``orthogonality_reduction: mean`` their mean
+
+Each term is returned separately for logging; `total` is their sum.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ class LossConfig(DictConfig):
     l2: float = 1.0                      # pixel L2 (paper: 1)
     l1: float = 1.0                      # pixel L1 (paper: 1)
     orthogonality: bool = True           # L_orth on Ψ's concept conv (ablation: False)
+    orthogonality_reduction: Literal["sum", "mean"] = "sum"  # L_orth over the K² entries: sum (eq. 5) or mean
     latent: float = 1.0                  # weight of ‖Ω offsets‖² (paper: 1)
     perceptual: Literal["lpips", "classifier"] = "lpips"  # LPIPS-VGG (paper) or distances on f's taps (offline)
     lpips_vgg_path: str | None = None    # VGG16 ImageNet weights for LPIPS; None -> torchvision's cache

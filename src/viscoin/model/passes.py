@@ -17,7 +17,7 @@ import torch
 
 from viscoin.model.contract import ConceptModel, Encoding
 from viscoin.model.losses import soft_cross_entropy
-from viscoin.utils.iteration import batches, load_images, progress_bar
+from viscoin.utils.iteration import batches, load_images, progress_bar, seeded_subset
 
 # The per-sample sums of `accumulate_agreement` (divided by the number of samples: the means).
 AGREEMENT_SUMS = ("accuracy_g", "accuracy_f", "agreement", "mse", "reconstruction_agreement", "reconstruction_ce")
@@ -119,16 +119,26 @@ def reconstruction_batches(
         yield x, y, enc, model.decode(enc.phi, enc.support).float()
 
 
-def agreement_check(model: ConceptModel, dataset: Any, batch_size: int, limit: int = 0) -> dict[str, float]:
-    """Test accuracy of g and of f, their agreement and the reconstructions' pixel MSE on the first `limit`
-    samples (all when 0), in order: training's periodic check. Restores the model's train/eval mode."""
-    n = len(dataset) if not limit else min(limit, len(dataset))
+def agreement_check(
+    model: ConceptModel,
+    dataset: Any,
+    batch_size: int,
+    limit: int = 0,              # samples evaluated (0: all)
+    seed: int = 0,               # seeds which `limit` samples
+) -> dict[str, float]:
+    """Test accuracy of g and of f, their agreement, the reconstructions' pixel MSE and how often f classifies a
+    reconstruction as it classifies its input (with the mean CE of the γ term) on a seeded random
+    subset of `limit` samples (all when 0): training's periodic check. A random subset, not the first
+    files, because datasets such as CUB list their test files grouped by class; the same seed gives the
+    same subset at every check, so the numbers of a run are comparable. Restores the model's train/eval mode."""
+    rows = seeded_subset(len(dataset), limit, seed)
+    n = len(rows)
     if n == 0:
         raise ValueError("agreement_check: no samples to evaluate")
     was = model.training
     model.eval()
     sums = dict.fromkeys(AGREEMENT_SUMS, 0.0)
-    for x, y, enc, x_rec in reconstruction_batches(model, dataset, torch.arange(n), batch_size):
+    for x, y, enc, x_rec in reconstruction_batches(model, dataset, rows, batch_size):
         accumulate_agreement(sums, x, y, enc, x_rec, model.classify(x_rec))
     model.train(was)
     return {**{k: v / n for k, v in sums.items()}, "count": n}

@@ -56,7 +56,7 @@ class VisCoINTrainConfig(DictConfig):
     batch_synthetic: int = 8              # images from G per step (over all devices)
     sample_every: int = 1000              # input / reconstruction grid every N steps (0: never)
     eval_every: int = 5000                # test accuracy of g against f every N steps (0: only at the end)
-    eval_samples: int = 0                 # test images used by periodic evaluations (0: all)
+    eval_samples: int = 0                 # test images of periodic evaluations: a seeded random subset (0: all)
     run: RunConfig = field(default_factory=lambda: RunConfig(out_dir="runs/viscoin"))
 
     def __post_init__(self) -> None:
@@ -99,7 +99,7 @@ def training_losses(
     if n_synthetic:
         x = torch.cat([x, raw.sample_images(n_synthetic, x_real.device).to(x.dtype)])
     out = model(x)
-    orth = raw.orthogonality_loss() if loss_cfg.orthogonality else None
+    orth = raw.orthogonality_loss(loss_cfg.orthogonality_reduction) if loss_cfg.orthogonality else None
     return x, out, viscoin_losses(out, x, loss_cfg, perceptual, orth)
 
 
@@ -176,11 +176,12 @@ def train_viscoin(
             if cfg.sample_every and step % cfg.sample_every == 0:
                 write_samples(x.detach(), out.x_rec.detach())
             if cfg.eval_every and step % cfg.eval_every == 0 and runner.is_main:
-                result = agreement_check(raw, test_set, b_real + b_syn, cfg.eval_samples)
+                result = agreement_check(raw, test_set, b_real + b_syn, cfg.eval_samples, cfg.run.seed)
                 runner.log({f"test/{k}": v for k, v in result.items() if k != "count"}, step)
                 history.append({"step": step, **result})
                 runner.print(f"step {step}: test accuracy g {100 * result['accuracy_g']:.2f}% "
-                             f"(f {100 * result['accuracy_f']:.2f}%), agreement {100 * result['agreement']:.2f}%")
+                             f"(f {100 * result['accuracy_f']:.2f}%), agreement {100 * result['agreement']:.2f}%, "
+                             f"reconstructions of the input's class {100 * result['reconstruction_agreement']:.1f}%")
             if step % cfg.run.ckpt_every == 0 or step == cfg.iterations:
                 checkpoint()
             if step >= cfg.iterations:

@@ -65,7 +65,7 @@ class BaselineTrainConfig(DictConfig):
     restarts: Schedule = ()               # [[from, lr], ...]: a fresh Adam at lr from that epoch (or step) on
     sample_every: int = 500               # inputs / reconstructions grid every N steps (0: never)
     eval_every: int = 0                   # test accuracy of g against f every N steps (0: only at the end)
-    eval_samples: int = 0                 # test images used by periodic evaluations (0: all)
+    eval_samples: int = 0                 # test images of periodic evaluations: a seeded random subset (0: all)
     run: RunConfig = field(default_factory=lambda: RunConfig(out_dir="runs/baseline"))
 
     def __post_init__(self) -> None:
@@ -223,7 +223,7 @@ def train_baseline(
             if cfg.sample_every and step % cfg.sample_every == 0:
                 write_samples(x.detach(), out.x_rec.detach())
             if cfg.eval_every and step % cfg.eval_every == 0 and runner.is_main:
-                result = agreement_check(raw, test_set, batch, cfg.eval_samples)
+                result = agreement_check(raw, test_set, batch, cfg.eval_samples, cfg.run.seed)
                 runner.log({f"test/{k}": v for k, v in result.items() if k != "count"}, step)
                 history.append({"step": step, **result})
                 runner.print(f"step {step}: test accuracy g {100 * result['accuracy_g']:.2f}% "

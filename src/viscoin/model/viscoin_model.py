@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +47,14 @@ FORMAT = "viscoin.model"
 
 @dataclass(frozen=True)
 class VisCoINConfig(DictConfig):
-    """Architecture of Ψ, Θ, Ω (paper appendix B.1.1; table 3 for K)."""
+    """Architecture of Ψ, Θ, Ω (paper appendix B.1.1; table 3 for K).
+
+    G's noise inputs: decoding (explanations, visualisations, metrics) always uses G's constant
+    noise, so a concept edit is the only thing that changes a picture. In training passes
+    ``train_noise: const`` (default) trains Ω for exactly that decoder, so the reconstruction
+    loss carries no noise variance; ``random`` samples fresh noise per pass as StyleGAN2's own
+    training does, which teaches Ω latents that hold up under any noise.
+    """
 
     num_concepts: int = 256          # K
     adapter_channels: int = 512      # channels of each tap after its adapter conv in Ψ
@@ -55,6 +62,8 @@ class VisCoINConfig(DictConfig):
     support_first: int = 3           # leading W+ vectors predicted from Φ'
     support_last: int = 2            # trailing W+ vectors predicted from Φ'
     dropout: float = 0.01            # dropout on Φ in Θ
+    predictor_bias: bool = False     # Θ with a bias per class (the paper's g has none)
+    train_noise: Literal["const", "random"] = "const"  # G's per-pixel noise in training passes (below)
 
     def __post_init__(self) -> None:
         check_num_concepts(self.num_concepts)
@@ -94,7 +103,7 @@ class VisCoIN(ConceptModel):
         tap_shapes = classifier.tap_shapes(resolution)
         self.num_ws, self.w_dim = generator.num_ws, generator.w_dim
         self.psi = ConceptExtractor(tap_shapes, config.num_concepts, config.adapter_channels, config.use_support)
-        self.theta = ConceptPredictor(config.num_concepts, self.num_classes, config.dropout)
+        self.theta = ConceptPredictor(config.num_concepts, self.num_classes, config.dropout, config.predictor_bias)
         self.omega = ConceptTranslator(
             config.num_concepts, self.num_ws, self.w_dim, config.use_support, config.support_first, config.support_last
         )
@@ -169,9 +178,10 @@ class VisCoIN(ConceptModel):
         """G(w̄ + Ω(Φ, Φ')): the same as `decode`."""
         return self.decode(phi, support)
 
-    def synthesize(self, ws: torch.Tensor) -> torch.Tensor:
-        """G's image of W+ latents [N, num_ws, w_dim] with constant noise, resized to f's resolution [N, 3, R, R]."""
-        img = self.G.synthesis(ws, noise_mode="const")
+    def synthesize(self, ws: torch.Tensor, noise_mode: str = "const") -> torch.Tensor:
+        """G's image of W+ latents [N, num_ws, w_dim] (constant noise unless told), resized to f's resolution
+        [N, 3, R, R]."""
+        img = self.G.synthesis(ws, noise_mode=noise_mode)
         if img.shape[-1] != self.resolution:
             img = F.interpolate(img, size=(self.resolution, self.resolution), mode="bilinear",
                                 align_corners=False, antialias=img.shape[-1] > self.resolution)
@@ -183,11 +193,11 @@ class VisCoIN(ConceptModel):
         (the synthetic half of a training batch, method section 3.4) [n, 3, R, R]."""
         z = torch.randn(n, self.G.z_dim, device=device)
         c = random_labels(self.G.c_dim, n, device)     # None unless G is conditional
-        return self.synthesize(self.G.map(z, c, truncation_psi=1.0))
+        return self.synthesize(self.G.map(z, c, truncation_psi=1.0), self.config.train_noise)
 
-    def orthogonality_loss(self) -> torch.Tensor:
-        """L_orth of Ψ's concept convolution (eq. 5)."""
-        return self.psi.orthogonality_loss()
+    def orthogonality_loss(self, reduction: str = "sum") -> torch.Tensor:
+        """L_orth of Ψ's concept convolution (eq. 5); reduction "sum" (eq. 5) or "mean" (over K² entries)."""
+        return self.psi.orthogonality_loss(reduction)
 
     def forward(self, x: torch.Tensor) -> TrainingPass:
         """Everything one training step needs, in one pass (so DDP sees a single forward)."""
@@ -196,7 +206,7 @@ class VisCoIN(ConceptModel):
             feats = self.f.features(x)                       # f(x): targets, and Ψ's inputs
         phi, support = self.psi(feats)
         offsets = self.omega(phi, support)                  # [N, num_ws, w_dim]
-        x_rec = self.synthesize(self.w_avg + offsets)       # gradients flow through G into Ω
+        x_rec = self.synthesize(self.w_avg + offsets, self.config.train_noise)  # gradients flow through G into Ω
         feats_rec = self.f.features(x_rec)                  # with gradients through f (γ term)
         return TrainingPass(phi, support, self.theta(phi), offsets, x_rec, feats, feats_rec)
 
@@ -234,8 +244,10 @@ def load_viscoin(
     classifier = checked_network(path, src, "classifier", classifier, load_classifier)
     generator = checked_network(path, src, "generator", generator, load_generator)
     cfg = info["config"]
+    saved = dict(cfg["model"])
+    saved.setdefault("predictor_bias", True)     # checkpoints from before the option all had Θ's bias
     try:
-        model_cfg = VisCoINConfig.from_dict(cfg["model"], where=f"{path}: config.model")
+        model_cfg = VisCoINConfig.from_dict(saved, where=f"{path}: config.model")
     except ConfigError as exc:
         raise CheckpointError(str(exc)) from exc
     model = VisCoIN(model_cfg, classifier, generator, resolution=int(cfg["resolution"]))
