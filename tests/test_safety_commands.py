@@ -429,6 +429,15 @@ BAD_INPUTS = [
     ("compare {eval} {eval} --out {existing}", "existing.png"),
     ("compare {eval} {eval} --out {ro}", "read-only/comparison.md: Permission denied"),
     ("compare {eval} {eval} --names a --out {root}/c", "names: expected 2 names"),
+    # ablate (refusals only: each before anything is trained)
+    ("ablate --study loss.gama=0,1 --out {root}/abl", "study loss.gama: loss.gama is not a key of the viscoin config"),
+    ("ablate --studies gamma,beta --out {root}/abl", "unknown study 'beta'"),
+    ("ablate --family flint --studies gamma --out {root}/abl", "study gamma (γ, the weight of the"),
+    ("ablate --studies k model.num_concepts=0 --out {root}/abl", "model.num_concepts: expected an integer in"),
+    ("ablate --n-faithfulness 0 --out {root}/abl", "--n-faithfulness: expected a whole number >= 1, got 0"),
+    ("ablate --out {foreign}", "foreign: not empty and holds no .viscoin-ablation.json"),
+    ("ablate --out {existing}", "existing.png: exists and is not a folder"),
+    ("ablate --studies k --out {ro}/abl", "read-only/abl"),
 ]
 for family in ("flint", "flaem"):
     BAD_INPUTS += [

@@ -5,6 +5,7 @@
     viscoin train                                         (viscoin.cli.train)
     viscoin flint train | flaem train                     (viscoin.cli.baseline)
     viscoin evaluate | compare | explain | report | explore | demo  (viscoin.cli.evaluate, ...)
+    viscoin ablate                                        (viscoin.cli.ablate)
 
 Command-line code lives here only; the commands call the library. Errors the user can fix are
 printed as one line (`viscoin: error: ...`) with exit status 2, never as a traceback.
@@ -16,10 +17,10 @@ import argparse
 import sys
 
 import viscoin
-from viscoin.cli import baseline, classifier, compare, demo, evaluate, explain, explore, generator, report, train
+from viscoin.cli import ablate, baseline, classifier, compare, demo, evaluate, explain, explore, generator, report, train
 from viscoin.cli.common import USER_ERRORS, Parser
 
-COMMANDS = (generator, classifier, train, baseline, evaluate, compare, explain, report, explore, demo)
+COMMANDS = (generator, classifier, train, baseline, evaluate, compare, explain, report, explore, demo, ablate)
 
 
 def build_parser() -> argparse.ArgumentParser:
