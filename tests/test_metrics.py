@@ -552,6 +552,9 @@ def test_evaluate_checkpoint_end_to_end(checkpoint, tmp_path):
     for k, pool in cons["pools"].items():
         assert pool["train"]["samples"] == 4 and 1 <= pool["test"]["samples"] <= 4 and pool["train"]["classes"]
         assert (k in cons["phi_max"]) != (k in cons["skipped"])
+    env = res["environment"]             # what float results depend on beyond code, config and seeds
+    assert env["threads"] == torch.get_num_threads() and env["torch"] == torch.__version__
+    assert env["cpu"] and isinstance(env["deterministic_algorithms"], bool)
     json.dumps(res)  # JSON-serialisable
     md = markdown_tables(res)
     assert "| f (classifier) |" in md and "| g (VisCoIN) |" in md

@@ -56,6 +56,7 @@ def test_train_kill_resume_and_g_agrees_with_f(setup, tmp_path):
     assert metrics["test_accuracy_f"] >= 0.8
     assert metrics["test_accuracy_g"] >= metrics["test_accuracy_f"] - 0.34, metrics
     assert metrics["perceptual"].startswith("classifier-features(")
+    assert metrics["environment"]["threads"] == 1 and metrics["environment"]["cpu"]   # OMP_NUM_THREADS=1
     assert sorted(p.name for p in (ref / "samples").iterdir())[:1] == ["rec-000000050.png"]
     info = json.loads((ref / "viscoin" / "config.json").read_text())
     assert info["source"]["classifier"]["path"] == str(setup[1].resolve()) and len(info["source"]["generator"]["state_sha256"]) == 64

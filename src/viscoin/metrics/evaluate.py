@@ -39,6 +39,7 @@ from viscoin.model.loading import load_trained
 from viscoin.model.passes import encode_dataset
 from viscoin.model.perceptual import PerceptualDistance, build_perceptual
 from viscoin.utils.config import ConfigError, DictConfig
+from viscoin.utils.device import environment_info
 from viscoin.utils.fid import FIDFeatures, build_fid_features
 from viscoin.utils.iteration import seeded_subset
 
@@ -129,7 +130,8 @@ def evaluate_model(
     model.eval()
     device = model.device
     result: dict[str, Any] = {"dataset": name, "model": model.family, "num_concepts": model.num_concepts,
-                              "num_classes": model.num_classes, "config": cfg.to_dict(), "timings": {}}
+                              "num_classes": model.num_classes, "config": cfg.to_dict(), "timings": {},
+                              "environment": environment_info(device)}
     timings = result["timings"]
     test_idx = seeded_subset(len(test_set), cfg.max_test_samples, cfg.seed)
     fid: FIDFeatures | None = None

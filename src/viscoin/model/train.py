@@ -32,6 +32,7 @@ from viscoin.pretrained import resolve
 from viscoin.stylegan.checkpoint import load_generator
 from viscoin.training.config import RunConfig
 from viscoin.training.runner import Runner
+from viscoin.utils.device import environment_info
 from viscoin.utils.config import ConfigError, DictConfig
 from viscoin.utils.images import image_grid, save_image, to_uint8
 from viscoin.utils.io import write_json
@@ -193,6 +194,7 @@ def train_viscoin(
         final = agreement_check(raw, test_set, b_real + b_syn)
         out_metrics.update({f"test_{k}": v for k, v in final.items()})
         out_metrics["perceptual"] = perceptual.name if perceptual is not None else "off"
+        out_metrics["environment"] = environment_info(runner.device)
         save_viscoin(raw, runner.out_dir / "viscoin", cfg.classifier, cfg.generator,
                      extra={"data": cfg.data.to_dict(), "loss": cfg.loss.to_dict(), "classes": train_set.classes,
                             "perceptual": out_metrics["perceptual"], "test": final})

@@ -39,6 +39,7 @@ from viscoin.model.passes import agreement_check
 from viscoin.pretrained import resolve
 from viscoin.training.config import RunConfig
 from viscoin.training.runner import Runner
+from viscoin.utils.device import environment_info
 from viscoin.utils.config import ConfigError, DictConfig
 from viscoin.utils.images import image_grid, save_image, to_uint8
 from viscoin.utils.io import write_json
@@ -239,6 +240,7 @@ def train_baseline(
     if runner.is_main:
         final = agreement_check(raw, test_set, batch)
         out_metrics.update({f"test_{k}": v for k, v in final.items()})
+        out_metrics["environment"] = environment_info(runner.device)
         folder = runner.out_dir / family.network
         raw.save_checkpoint(folder, cfg.classifier,
                             extra={"data": cfg.data.to_dict(), "loss": cfg.loss.to_dict(),   # type: ignore[attr-defined]
