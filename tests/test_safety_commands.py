@@ -438,6 +438,15 @@ BAD_INPUTS = [
     ("ablate --out {foreign}", "foreign: not empty and holds no .viscoin-ablation.json"),
     ("ablate --out {existing}", "existing.png: exists and is not a folder"),
     ("ablate --studies k --out {ro}/abl", "read-only/abl"),
+    # fit (refusals only: each before anything is timed or trained)
+    ("fit {folder} --out {foreign}", "foreign: not empty and holds no .viscoin-fit.json"),
+    ("fit {folder} --out {existing}", "existing.png: exists and is not a folder"),
+    ("fit {missing} --out {root}/fit", "missing: no such folder"),
+    ("fit {folder} --out {root}/fit gan.kimg=1", "override 'gan.kimg=1': expected STAGE.KEY=VALUE"),
+    ("fit {folder} --out {root}/fit --classifier {missing}", "missing: not a viscoin.classifier checkpoint"),
+    ("fit {folder} --out {root}/fit --minutes 0", "--minutes: expected > 0"),
+    ("fit {folder} --out {root}/fit --budget huge", "argument --budget: invalid choice: 'huge'"),
+    ("fit {folder} --out {ro}/fit", "read-only/fit"),
 ]
 for family in ("flint", "flaem"):
     BAD_INPUTS += [

@@ -6,6 +6,7 @@
     viscoin flint train | flaem train                     (viscoin.cli.baseline)
     viscoin evaluate | compare | explain | report | explore | demo  (viscoin.cli.evaluate, ...)
     viscoin ablate                                        (viscoin.cli.ablate)
+    viscoin fit                                           (viscoin.cli.fit)
 
 Command-line code lives here only; the commands call the library. Errors the user can fix are
 printed as one line (`viscoin: error: ...`) with exit status 2, never as a traceback.
@@ -17,10 +18,11 @@ import argparse
 import sys
 
 import viscoin
-from viscoin.cli import ablate, baseline, classifier, compare, demo, evaluate, explain, explore, generator, report, train
+from viscoin.cli import (ablate, baseline, classifier, compare, demo, evaluate, explain, explore, fit, generator,
+                         report, train)
 from viscoin.cli.common import USER_ERRORS, Parser
 
-COMMANDS = (generator, classifier, train, baseline, evaluate, compare, explain, report, explore, demo, ablate)
+COMMANDS = (generator, classifier, train, baseline, evaluate, compare, explain, report, explore, demo, ablate, fit)
 
 
 def build_parser() -> argparse.ArgumentParser:
