@@ -170,3 +170,15 @@ def test_runner_keeps_frozen_networks_in_eval_mode_and_out_of_optimisers(tmp_pat
     a = torch.rand(3)
     runner.seed_step(5)
     assert torch.equal(a, torch.rand(3))
+
+
+def test_a_deterministic_run_does_not_leave_the_process_deterministic(tmp_path):
+    """torch's switch is process-wide: `viscoin demo --compare` trains FLINT after VisCoIN in one process."""
+    from viscoin.training.runner import Runner
+
+    assert not torch.are_deterministic_algorithms_enabled()
+    run = RunConfig(out_dir=str(tmp_path / "r"), accelerator="cpu", progress=False, deterministic=True)
+    runner = Runner(run, Outer(run=run), loggers=False)
+    assert torch.are_deterministic_algorithms_enabled()          # during the run
+    runner.close()
+    assert not torch.are_deterministic_algorithms_enabled()      # as it was before

@@ -333,6 +333,9 @@ class Runner:
             precision=self.precision,
         )
         self.fabric.launch()
+        # torch's switch is process-wide: remembered, and restored by close(), so that a later run or
+        # evaluation in the same process (e.g. `viscoin demo --compare`) is not changed by this one's.
+        self._deterministic_before = torch.are_deterministic_algorithms_enabled()
         if run.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=False)
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -563,6 +566,7 @@ class Runner:
     def close(self) -> None:
         if self._tensorboard is not None:
             self._tensorboard.finalize("success")
+        torch.use_deterministic_algorithms(self._deterministic_before)
 
 
 def _check_batch_size(batch_size: int) -> None:
