@@ -97,6 +97,7 @@ def test_shapes_and_the_contract(family, res):
             assert not torch.equal(model.decode(edited, None), model.decode(phi, None))
     assert model.reconstruct(x).shape == (2, 3, res, res) and model.predict(x).shape == (2, 3)
     assert model.describe()["family"] == family.upper()
+    assert model.predictor_weights()[1].shape == (3,)         # a bias per class, as FLINT and FLAEM publish
     # f is not part of the model's state: never trained or saved with it.
     assert not any(k.startswith("f.") for k in model.state_dict())
 

@@ -70,7 +70,7 @@ class VectorConceptModel(ConceptModel):
     ) -> None:
         super().__init__(classifier, resolution)
         self.config = config
-        self.predictor = ConceptPredictor(config.num_concepts, self.num_classes, dropout)
+        self.predictor = ConceptPredictor(config.num_concepts, self.num_classes, dropout, bias=True)   # as published
         self.decoder: nn.Module   # set by the subclass
 
     @property
