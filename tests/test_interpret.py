@@ -38,7 +38,8 @@ def hand_built() -> tuple[VisCoIN, torch.Tensor]:
         model.theta.linear.weight.copy_(torch.tensor([[1.0, -2.0, 0.0, 0.5],
                                                       [0.0, 1.0, 1.0, 0.0],
                                                       [0.0, 0.0, 0.0, 0.0]]))
-        model.theta.linear.bias.zero_()
+        if model.theta.linear.bias is not None:
+            model.theta.linear.bias.zero_()
     a = torch.tensor([[1.0, 1.0, 2.0, 2.0],     # logits (0, 3, 0): ĉ = 1
                       [2.0, 0.5, 0.0, 1.0]])    # logits (1.5, 0.5, 0): ĉ = 0
     phi = torch.rand(2, 4, 3, 3) * 0.4 * a[:, :, None, None]   # below the max ...
