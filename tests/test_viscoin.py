@@ -222,9 +222,11 @@ def test_predictor_has_no_bias_by_default_as_in_the_paper():
     enc = model.encode(x)
     w = model.predictor_weights()[0]
     assert torch.allclose(enc.logits_g, model.pool(enc.phi) @ w.t(), atol=1e-6)   # g = Wᵀ·pool(Φ), nothing else
-    # with no bias, a class's logit is exactly the sum of its concepts' contributions
-    rel = model.relevance(enc.phi, enc.logits_g.argmax(1))
-    assert rel.shape == (3, model.num_concepts)
+    # with no bias, a class's logit is exactly the sum of its concepts' contributions w_{c,j}·a_j
+    c = enc.logits_g.argmax(1)
+    contributions = model.pool(enc.phi) * w[c]
+    assert torch.allclose(contributions.sum(1), enc.logits_g[torch.arange(3), c], atol=1e-5)
+    assert model.relevance(enc.phi, c).shape == (3, model.num_concepts)
     with_bias = VisCoIN(VisCoINConfig(num_concepts=4, adapter_channels=8, predictor_bias=True), tiny_f(), tiny_G(32), 32)
     assert with_bias.theta.linear.bias is not None and with_bias.predictor_weights()[1] is not None
 
