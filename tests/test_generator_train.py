@@ -461,3 +461,52 @@ def test_two_process_ddp_on_cpu(shapes, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["iterations"] == 8 and metrics["kimg"] == 0.128 and metrics["augment_p"] > 0
     assert math.isfinite(metrics["pl_mean"]) and (out / "G_ema" / "weights.safetensors").is_file()
+
+
+def test_resume_may_extend_kimg_and_train_exactly_as_the_longer_run(shapes, tmp_path):
+    """`kimg` may change on --resume (nothing depends on it): 0.16 then 0.32 kimg == 0.32 kimg straight."""
+    args = ("run.ckpt_every=5", "augment.kimg=1", "samples.every_kimg=0")
+    straight = tmp_path / "straight"
+    train_generator(tiny(shapes, straight, "kimg=0.32", *args))
+    run = tmp_path / "extended"
+    short = train_generator(tiny(shapes, run, "kimg=0.16", *args))
+    assert short["kimg"] == pytest.approx(0.16)
+    out = train_generator(tiny(shapes, run, "kimg=0.32", *args), resume=True)
+    assert out["kimg"] == pytest.approx(0.32)
+    for name in ("G_ema", "G", "D"):
+        a, b = weights(straight / name), weights(run / name)
+        for k in a:
+            assert torch.equal(a[k], b[k]), f"{name}.{k} differs after extending the run"
+    # Other keys stay refused on resume, naming the key.
+    with pytest.raises(ConfigError, match="loss.r1_gamma"):
+        train_generator(tiny(shapes, run, "kimg=0.48", "loss.r1_gamma=3", *args), resume=True)
+
+
+def test_export_writes_the_latest_checkpoints_generator(shapes, tmp_path, capsys):
+    """`viscoin generator export RUN --out DIR`: G_ema (or G) of the last checkpoint, as the end of training writes it."""
+    run = tmp_path / "run"
+    train_generator(tiny(shapes, run, "kimg=0.16", "run.ckpt_every=5", "samples.every_kimg=0"))
+    out = tmp_path / "exported"
+    parser = build_parser()
+    args = parser.parse_args(["generator", "export", str(run), "--out", str(out)])
+    assert args.func(args) == 0
+    assert "at 0.2 kimg (step 20," in capsys.readouterr().out.splitlines()[-1]   # 0.16 kimg at batch 8
+    a, b = weights(run / "G_ema"), weights(out)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    info = json.loads((out / "config.json").read_text())
+    assert info["extra"]["kimg"] == pytest.approx(0.16) and info["extra"]["step"] == 20
+    assert info["extra"]["data"]["root"] == str(shapes)
+    G = load_network(out)
+    assert isinstance(G, Generator) and G.img_resolution == 16
+    # G (not G_ema) on request; a non-empty folder only with --overwrite; a folder without a run is named.
+    args = parser.parse_args(["generator", "export", str(run), "--out", str(out), "--which", "G"])
+    with pytest.raises(ValueError, match=str(out)):
+        args.func(args)
+    args = parser.parse_args(["generator", "export", str(run), "--out", str(out), "--which", "G", "--overwrite"])
+    assert args.func(args) == 0
+    a, b = weights(run / "G"), weights(out)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    args = parser.parse_args(["generator", "export", str(tmp_path), "--out", str(tmp_path / "x")])
+    with pytest.raises(Exception, match="no training checkpoint"):
+        args.func(args)
+    assert not (tmp_path / "x").exists()

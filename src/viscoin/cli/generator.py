@@ -1,4 +1,4 @@
-"""`viscoin generator import | sample | train | info`: StyleGAN2-ADA generators."""
+"""`viscoin generator import | sample | train | export | info`: StyleGAN2-ADA generators."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from viscoin.cli.common import add_run_arguments, finite_float, non_negative_int, positive_int
 from viscoin.stylegan.checkpoint import import_official, load_discriminator, load_generator, read_checkpoint_info
 from viscoin.stylegan.sampling import parse_seeds, sample
-from viscoin.stylegan.train import GeneratorTrainConfig, train_generator
+from viscoin.stylegan.train import GeneratorTrainConfig, export_generator, train_generator
 from viscoin.training.config import load_config
 from viscoin.utils.device import resolve_device
 from viscoin.utils.images import image_grid, save_image, to_uint8
@@ -75,6 +75,14 @@ def cmd_generator_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generator_export(args: argparse.Namespace) -> int:
+    """`viscoin generator export RUN --out DIR`: the generator of a run's latest checkpoint."""
+    extra = export_generator(args.run, args.out, which=args.which, overwrite=args.overwrite)
+    print(f"wrote {args.which} of {args.run} at {extra['kimg']:.1f} kimg (step {extra['step']}, augment p "
+          f"{extra['augment_p']:.4f}) to {args.out}/ (config.json + weights.safetensors)")
+    return 0
+
+
 def register(sub: Any) -> None:
     """Add `viscoin generator ...` to the top-level subparsers."""
     gen = sub.add_parser("generator", help="StyleGAN2 generators: import official checkpoints, sample, train")
@@ -118,6 +126,19 @@ def register(sub: Any) -> None:
     add_run_arguments(p, "generator", "init.source=ffhq.pkl augment.xflip=0.1")
     p.add_argument("--data", default=None, help="training image folder (sets data.root)")
     p.set_defaults(func=cmd_generator_train)
+
+    p = gsub.add_parser(
+        "export",
+        help="write the generator of a training run's latest checkpoint (finished, running or killed)",
+        description="Write the generator (G_ema by default) of a `viscoin generator train` run's latest checkpoint "
+                    "as a generator folder, without stopping or changing the run.",
+    )
+    p.add_argument("run", type=Path, help="the run folder (run.out_dir of `viscoin generator train`)")
+    p.add_argument("--out", required=True, type=Path, help="output folder (config.json + weights.safetensors)")
+    p.add_argument("--which", choices=["G_ema", "G"], default="G_ema", help="network to write (default: G_ema)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a non-empty output folder (its config.json and weights.safetensors are replaced)")
+    p.set_defaults(func=cmd_generator_export)
 
     p = gsub.add_parser("info", help="print a network's config and size")
     p.add_argument("path", type=Path,

@@ -27,9 +27,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -50,12 +52,13 @@ from viscoin.stylegan.discriminator import Discriminator
 from viscoin.stylegan.generator import Generator
 from viscoin.stylegan.official import load_official
 from viscoin.stylegan.sampling import sample
-from viscoin.training.config import RunConfig
-from viscoin.training.runner import Runner
+from viscoin.training.config import RunConfig, load_config
+from viscoin.training.runner import CONFIG_NAME, Runner
+from viscoin.training.state import latest_checkpoint, load_train_state
 from viscoin.utils.config import ConfigError, DictConfig
 from viscoin.utils.fid import InceptionFeatures, fid_from_features
 from viscoin.utils.images import image_grid, save_image, to_uint8
-from viscoin.utils.io import write_json
+from viscoin.utils.io import CheckpointError, claim_empty_folder, write_json
 
 AUTO = "auto"
 Auto = Literal["auto"]
@@ -137,7 +140,13 @@ class GeneratorTrainConfig(DictConfig):
 
     The networks' `img_resolution` is `data.resolution` and their `c_dim` is the number of
     classes when `conditional` (0 otherwise); the values in `generator` / `discriminator` are replaced.
+    `--resume` may change the training length (`kimg`: nothing in the recipe depends on it, so a
+    run extended from 100 to 300 kimg trains exactly as one started with 300) and the cadence of
+    samples, FID and progress lines.
     """
+
+    RESUME_MAY_CHANGE: ClassVar[tuple[str, ...]] = (
+        "kimg", "tick_kimg", "samples.every_kimg", "samples.grid", "fid.every_kimg", "fid.num_images")
 
     data: DataConfig = field(default_factory=lambda: DataConfig(kind="folder"))
     generator: GeneratorConfig = field(default_factory=lambda: GeneratorConfig(
@@ -712,3 +721,39 @@ def train_generator(
                      f"{runner.out_dir / 'G_ema'} (use this one), G/, D/")
     runner.close()
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Export: a generator from a run's last checkpoint (the run may still be going, or was killed).
+
+
+def export_generator(
+    run_dir: str | os.PathLike,  # a `viscoin generator train` run folder (config.yaml + checkpoints/)
+    out_dir: str | os.PathLike,  # the generator folder to write (config.json + weights.safetensors)
+    which: Literal["G_ema", "G"] = "G_ema",  # G_ema is the one to use; G is the raw training network
+    overwrite: bool = False,     # write into a non-empty `out_dir`
+) -> dict[str, Any]:
+    """Write the generator of `run_dir`'s latest checkpoint as a generator folder, as the end of
+    training would (its extras: kimg, augment p, the training data); returns those extras.
+
+    Reads only the checkpoint (safetensors + JSON, hash-checked) and the run's ``config.yaml``, so a
+    training run that is still writing checkpoints can be inspected without stopping it.
+    """
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    ckpt = latest_checkpoint(run_dir / "checkpoints") if (run_dir / "checkpoints").is_dir() else None
+    if ckpt is None or not (run_dir / CONFIG_NAME).is_file():
+        raise CheckpointError(f"{run_dir}: no training checkpoint (expected {CONFIG_NAME} and checkpoints/latest.json "
+                              "of a `viscoin generator train` run)")
+    cfg = load_config(GeneratorTrainConfig, run_dir / CONFIG_NAME)
+    claim_empty_folder(out_dir, overwrite, "replace its config.json and weights.safetensors")
+    step, state = load_train_state(ckpt)
+    if which not in state:
+        raise CheckpointError(f"{ckpt}: no {which} in this checkpoint; is it a generator run?")
+    G = Generator(cfg.generator)
+    G.load_state_dict(state[which])
+    p = float(state["augment"]["p"]) if state.get("augment") else 0.0
+    extra = {"augment_p": p, "kimg": state["cur_nimg"] / 1000, "data": cfg.data.to_dict(), "step": step,
+             "run": str(run_dir)}
+    src = {"init": cfg.init.source} if cfg.init.source else None
+    save_network(G.eval().requires_grad_(False), out_dir, source=src, extra=extra)
+    return extra
