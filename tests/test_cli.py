@@ -174,3 +174,36 @@ def test_an_unknown_shipped_name_is_one_line_listing_the_shipped_ones(tmp_path, 
     with pytest.raises(FileNotFoundError, match=listing):
         load_generator("viscoin:birds/nothing")
     assert not (tmp_path / "x.png").exists()
+
+
+def test_sample_every_class_in_rows_and_refuse_to_replace_a_file(tmp_path, capsys):
+    """`--class all`: one row of the seeds per class; an existing --out or --ws-out needs --overwrite."""
+    out, ws_out = tmp_path / "all.png", tmp_path / "ws.safetensors"
+    assert main(["generator", "sample", "--generator", str(MOCK_COND16), "--seeds", "1,2,3", "--class", "all",
+                 "--out", str(out), "--ws-out", str(ws_out), "--device", "cpu"]) == 0
+    G = load_generator(MOCK_COND16)
+    grid = np.asarray(Image.open(out))
+    assert grid.shape == (16 * G.c_dim, 16 * 3, 3)
+    for c in (0, G.c_dim - 1):                     # row c, column 1 is seed 2 of class c
+        images, _ = sample(G, [2], class_idx=c)
+        assert np.array_equal(grid[16 * c : 16 * (c + 1), 16:32], to_uint8(images)[0])
+    saved = load_file(str(ws_out))
+    assert saved["seeds"].tolist() == [1, 2, 3] * G.c_dim
+    assert saved["classes"].tolist() == [c for c in range(G.c_dim) for _ in range(3)]
+    assert "classes x 3 seeds" in capsys.readouterr().out
+
+    before = out.read_bytes()
+    assert main(["generator", "sample", "--generator", str(MOCK_COND16), "--seeds", "4", "--class", "0",
+                 "--out", str(out), "--device", "cpu"]) == 2
+    assert "all.png: exists; give --overwrite to replace it" in capsys.readouterr().err
+    assert out.read_bytes() == before
+    assert main(["generator", "sample", "--generator", str(MOCK_COND16), "--seeds", "4", "--class", "0",
+                 "--out", str(out), "--device", "cpu", "--overwrite"]) == 0
+    assert out.read_bytes() != before
+    assert main(["generator", "sample", "--generator", str(MOCK_G32), "--class", "all",
+                 "--out", str(tmp_path / "u.png")]) == 2
+    assert "--class all: this generator is unconditional" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["generator", "sample", "--generator", str(MOCK_COND16), "--class", "x", "--out", str(tmp_path / "u.png")])
+    assert "--class: expected a class index >= 0 or 'all', got 'x'" in capsys.readouterr().err
+    assert not (tmp_path / "u.png").exists()

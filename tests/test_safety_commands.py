@@ -335,6 +335,8 @@ BAD_INPUTS = [
     ("generator sample --generator {text} --out {existing}", "notes.txt: not valid JSON"),
     ("generator sample --generator {pkl} --seeds 5-2 --out {existing}", "--seeds: range '5-2' is empty"),
     ("generator sample --generator {pkl} --seeds 0-1 --out {foreign}", "foreign: unknown image file extension"),
+    ("generator sample --generator {pkl} --seeds 0-1 --out {existing}", "existing.png: exists; give --overwrite"),
+    ("generator sample --generator {pkl} --seeds 0-1 --class all --out {site}/g.png", "--class all: this generator is unconditional"),
     ("generator sample --generator {pkl} --seeds 0-1 --out {ro}/grid.png", "read-only/grid.png: Permission denied"),
     # generator info / train
     ("generator info {missing}", "missing: not a viscoin.stylegan2 checkpoint"),

@@ -33,6 +33,16 @@ def image_grid(images: np.ndarray, ncols: int | None = None, pad: int = 0, pad_v
     return grid
 
 
+def image_format(path: str | os.PathLike) -> str:
+    """PIL's format name for `path`'s suffix ("PNG", "JPEG", ...); ValueError naming the file otherwise."""
+    from PIL import Image
+
+    fmt = Image.registered_extensions().get(os.path.splitext(str(path))[1].lower())
+    if fmt is None:
+        raise ValueError(f"{path}: unknown image file extension; use .png or .jpg")
+    return fmt
+
+
 def save_image(path: str | os.PathLike, image: np.ndarray) -> None:
     """Write a uint8 [H, W, C] (C = 1 or 3) image; the format follows the suffix (PNG, JPEG, ...). Atomic."""
     from PIL import Image
@@ -40,8 +50,6 @@ def save_image(path: str | os.PathLike, image: np.ndarray) -> None:
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] not in (1, 3, 4):
         raise ValueError(f"expected a uint8 image [H, W, 1|3|4], got {image.dtype} {image.shape}")
     pil = Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image)
-    fmt = Image.registered_extensions().get(os.path.splitext(str(path))[1].lower())
-    if fmt is None:
-        raise ValueError(f"{path}: unknown image file extension; use .png or .jpg")
+    fmt = image_format(path)
     with atomic_path(path) as tmp:
         pil.save(tmp, format=fmt)
