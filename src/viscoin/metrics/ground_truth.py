@@ -30,7 +30,7 @@ They need binary attribute labels per image: the synthetic birds' 17 factor valu
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -68,16 +68,24 @@ def roc_auc_matrix(scores: torch.Tensor, attributes: torch.Tensor) -> torch.Tens
     return auc.float()
 
 
+def class_frequencies(attributes: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Within-class frequency of every attribute: [C, A] (NaN rows for classes without samples).
+
+    attributes [N, A] in {0, 1}, labels [N] in [0, C)."""
+    attrs = attributes.float()
+    freq = torch.zeros(num_classes, attrs.shape[1])
+    counts = torch.bincount(labels, minlength=num_classes).float()
+    freq.index_add_(0, labels, attrs)
+    return freq / counts[:, None]                                                # 0 / 0 = NaN: no samples
+
+
 def class_defining(attributes: torch.Tensor, labels: torch.Tensor, num_classes: int,
                    purity: float = 0.9) -> torch.Tensor:
     """Boolean [A]: attributes that every class decides (within-class frequency <= 1-purity or >= purity),
     and that are present in some but not all samples."""
     attrs = attributes.float()
-    freq = torch.zeros(num_classes, attrs.shape[1])
-    counts = torch.bincount(labels, minlength=num_classes).float()
-    freq.index_add_(0, labels, attrs)
-    present = counts > 0
-    freq = freq[present] / counts[present, None]
+    freq = class_frequencies(attrs, labels, num_classes)                         # [C, A]
+    freq = freq[~freq.isnan().any(dim=1)]                                        # classes with samples
     decided = ((freq <= 1 - purity) | (freq >= purity)).all(dim=0)
     overall = attrs.mean(dim=0)
     return decided & (overall > 0) & (overall < 1)
@@ -114,22 +122,32 @@ def concept_alignment(
 # ==================================================================== attribute probe
 
 
-@torch.no_grad()
-def probe_features(model: ConceptModel, x: torch.Tensor) -> torch.Tensor:
-    """f's taps (and logits) averaged over space and concatenated: [N, D] (the probe's input)."""
-    feats = model.classifier_features(x)
+def pooled_features(feats: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The probe's input from f's features (`Classifier.features`: taps [N, C_t, H_t, W_t] and logits [N, C]):
+    every map averaged over space, vectors as they are, concatenated in order: [N, D]."""
     return torch.cat([v.float().mean(dim=(2, 3)) if v.ndim == 4 else v.float() for v in feats.values()], dim=1)
 
 
 @torch.no_grad()
-def dataset_features(model: ConceptModel, dataset: Any, indices: torch.Tensor, batch_size: int,
-                     progress: bool = False) -> torch.Tensor:
-    """`probe_features` of dataset samples (batched, eval mode, on the CPU)."""
-    device = model.device
+def probe_features(model: ConceptModel, x: torch.Tensor) -> torch.Tensor:
+    """`pooled_features` of a concept model's f on images x [N, 3, R, R]: [N, D]."""
+    return pooled_features(model.classifier_features(x))
+
+
+@torch.no_grad()
+def dataset_features(
+    features: Callable[[torch.Tensor], dict[str, torch.Tensor]],   # f's features: `Classifier.features`, ...
+    dataset: Any,
+    indices: torch.Tensor,               # dataset rows [n]
+    batch_size: int,
+    device: torch.device,                # where `features` runs
+    progress: bool = False,
+) -> torch.Tensor:
+    """`pooled_features` of dataset samples, batched: [n, D] on the CPU (the caller sets eval mode)."""
     out = []
     for sl in progress_bar(list(batches(len(indices), batch_size)), "probe features", progress):
         x, _ = load_images(dataset, indices[sl])
-        out.append(probe_features(model, x.to(device)).cpu())
+        out.append(pooled_features(features(x.to(device))).cpu())
     return torch.cat(out) if out else torch.zeros(0, 0)
 
 
@@ -249,9 +267,11 @@ def ground_truth_metrics(
     defining = class_defining(train_attrs, train_enc.labels, model.num_classes, purity)
     alignment = concept_alignment(model.pool(test_enc.phi), test_attrs, defining, names)
 
-    train_feats = dataset_features(model, train_set, train_enc.indices, batch_size, progress)
+    train_feats = dataset_features(model.classifier_features, train_set, train_enc.indices, batch_size, model.device,
+                                   progress)
     probe = AttributeProbe.fit(train_feats, train_attrs)
-    test_feats = dataset_features(model, test_set, test_enc.indices, batch_size, progress)
+    test_feats = dataset_features(model.classifier_features, test_set, test_enc.indices, batch_size, model.device,
+                                  progress)
     accuracy = ((probe.probabilities(test_feats) > 0.5).float() == test_attrs).float().mean(dim=0)
     vis = visualisation_correctness(model, train_enc, test_enc, test_set, probe, alignment, lambdas,
                                     top_concepts, num_images, min_gain, batch_size, progress, seed)
