@@ -207,3 +207,19 @@ def test_sample_every_class_in_rows_and_refuse_to_replace_a_file(tmp_path, capsy
         main(["generator", "sample", "--generator", str(MOCK_COND16), "--class", "x", "--out", str(tmp_path / "u.png")])
     assert "--class: expected a class index >= 0 or 'all', got 'x'" in capsys.readouterr().err
     assert not (tmp_path / "u.png").exists()
+
+
+def test_evaluate_replaces_only_its_own_evaluation_files(tmp_path):
+    """`viscoin evaluate` re-runs replace an evaluation it wrote; any other existing file needs --overwrite."""
+    from viscoin.cli.evaluate import is_evaluation_file
+
+    ours = tmp_path / "evaluation.json"
+    ours.write_text(json.dumps({"checkpoint": "runs/x/viscoin", "data": {}, "device": "cpu", "accuracy": 0.5}))
+    assert is_evaluation_file(ours)
+    for text in ("not json", json.dumps([1, 2]), json.dumps({"checkpoint": "x"})):
+        other = tmp_path / "other.json"
+        other.write_text(text)
+        assert not is_evaluation_file(other)
+    other.write_bytes(b"\xff\xfe binary")
+    assert not is_evaluation_file(other)
+    assert not is_evaluation_file(tmp_path / "missing.json")

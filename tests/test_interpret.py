@@ -207,6 +207,14 @@ def test_explain_writes_a_readable_figure(tmp_path, capsys):
     assert fig.width >= 7 * cell and fig.height >= 4 * cell
     arr = np.asarray(fig.convert("RGB"))
     assert arr.std() > 10      # not blank
+    # The figure exists now: a second run refuses to replace it, unless --overwrite.
+    before = out.read_bytes()
+    with pytest.raises(ValueError, match="fig.png: exists; give --overwrite"):
+        run_explain_command(explain_args(str(ckpt), str(image), "--out", str(out), "--device", "cpu"))
+    assert out.read_bytes() == before
+    assert run_explain_command(explain_args(str(ckpt), str(image), "--out", str(out), "--top-k", "1",
+                                            "--device", "cpu", "--overwrite")) == 0
+    assert out.read_bytes() != before
 
 
 def test_explain_names_a_file_that_is_not_an_image(tmp_path):

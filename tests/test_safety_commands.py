@@ -385,7 +385,10 @@ BAD_INPUTS = [
     ("evaluate {ckpt} --out {existing}/x.json", "existing.png/x.json: cannot write there"),
     ("evaluate {text} --out {existing}", "notes.txt: no config.json"),
     ("evaluate {f} --out {existing}", "format 'viscoin.classifier' is not a concept model"),
-    ("evaluate {ckpt} data.root={missing} --out {existing}", "data.root"),
+    ("evaluate {ckpt} data.root={missing} --out {root}/fresh.json", "data.root"),
+    ("evaluate {ckpt} --out {existing}", "existing.png: exists and is not an evaluation written by viscoin evaluate"),
+    ("explain {ckpt} {image} --out {existing}", "existing.png: exists; give --overwrite to replace it"),
+    ("classifier test {f} --out {existing}", "existing.png: exists; give --overwrite to replace it"),
     ("evaluate {ckpt} --bogus --out {existing}", "unrecognized arguments: --bogus"),
     # explain
     ("explain {ckpt} {missing}.png --out {existing}", "image not found"),

@@ -6,11 +6,12 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from viscoin.classifier.model import read_classifier_info
 from viscoin.classifier.train import ClassifierTrainConfig, test_classifier, train_classifier
-from viscoin.cli.common import add_run_arguments, non_negative_int, positive_int
+from viscoin.cli.common import add_run_arguments, check_writable, non_negative_int, positive_int
 from viscoin.training.config import load_config
 from viscoin.utils.device import resolve_device
-from viscoin.utils.io import write_json
+from viscoin.utils.io import refuse_existing, write_json
 
 
 def cmd_classifier_train(args: argparse.Namespace) -> int:
@@ -21,6 +22,10 @@ def cmd_classifier_train(args: argparse.Namespace) -> int:
 
 def cmd_classifier_test(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
+    if args.out is not None:
+        read_classifier_info(args.checkpoint)      # a bad checkpoint names itself before the output is checked
+        refuse_existing([args.out] if args.out.exists() else [], "exists", args.overwrite)
+        check_writable(args.out, "--out")          # before the computation, so that none of it is lost
     result = test_classifier(args.checkpoint, args.overrides, split=args.split, batch_size=args.batch_size,
                              device=device, num_workers=args.num_workers)
     print(f"top-1 accuracy on the {result['split']} split: {100 * result['accuracy']:.2f}% "
@@ -53,4 +58,5 @@ def register(sub: Any) -> None:
     p.add_argument("--num-workers", type=non_negative_int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, default=None, help="also write the result as JSON")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=cmd_classifier_test)

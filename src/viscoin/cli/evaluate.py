@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
 from viscoin.cli.common import add_am_argument, am_config, check_writable, finite_float, non_negative_int, positive_int
 from viscoin.metrics.evaluate import METRICS, EvaluateConfig, evaluate_checkpoint, markdown_tables
 from viscoin.utils.device import resolve_device
-from viscoin.utils.io import write_json
+from viscoin.model.loading import read_model_info
+from viscoin.utils.io import refuse_existing, write_json
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,6 +22,8 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
                         help="changes to the data config saved with the checkpoint (e.g. data.root=/data/CUB)")
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON result file (default: evaluation.json beside the checkpoint folder)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --out file that is not an earlier evaluation (those are replaced)")
     parser.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', ... (default: auto)")
     parser.add_argument("--metrics", nargs="+", choices=METRICS, default=list(d.metrics), help="metrics to compute")
     parser.add_argument("--n-faithfulness", type=positive_int, default=d.n_faithfulness,
@@ -77,11 +81,23 @@ def config_from_args(args: argparse.Namespace) -> EvaluateConfig:
     )
 
 
+def is_evaluation_file(path: Path) -> bool:
+    """True when `path` holds a JSON object `viscoin evaluate` wrote (which it may replace)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(data, dict) and {"checkpoint", "data", "device"} <= data.keys()
+
+
 def run_evaluate_command(args: argparse.Namespace) -> int:
     """``viscoin evaluate``: evaluate, write the JSON, print the Markdown tables. Returns the exit status."""
     cfg = config_from_args(args)
     device = resolve_device(args.device)
     out = args.out if args.out is not None else Path(args.checkpoint).resolve().parent / "evaluation.json"
+    read_model_info(args.checkpoint)      # a bad checkpoint names itself before the output is checked
+    if out.is_file() and not is_evaluation_file(out):
+        refuse_existing([out], "exists and is not an evaluation written by viscoin evaluate", args.overwrite)
     check_writable(out, "--out")          # before the computation, so that none of it is lost
     result = evaluate_checkpoint(args.checkpoint, cfg, device, args.overrides)
     write_json(out, result)

@@ -23,6 +23,7 @@ def add_explain_arguments(parser: argparse.ArgumentParser) -> None:
                              "speak for the prediction; paper figures: 0.5)")
     parser.add_argument("--lambdas", default="0,1,2,4", help="multipliers of the concept in the sweep (default: 0,1,2,4)")
     parser.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', ... (default: auto)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
 
 
 def run_explain_command(args: argparse.Namespace) -> int:
@@ -32,7 +33,7 @@ def run_explain_command(args: argparse.Namespace) -> int:
     lambdas = parse_lambdas(args.lambdas)
     out = args.out if args.out is not None else Path(f"{Path(args.image).stem}-explained.png")
     result = explain_image(args.checkpoint, args.image, out, top_k=args.top_k, threshold=args.threshold,
-                           lambdas=lambdas, device=resolve_device(args.device))
+                           lambdas=lambdas, device=resolve_device(args.device), overwrite=args.overwrite)
     print(f"{result['image']}: predicted {result['predicted_name']} (p = {result['probability']:.3f})")
     for j, r in zip(result["concepts"], result["relevance"]):
         print(f"  concept {j}: relevance {r:+.3f}")

@@ -14,6 +14,8 @@ from viscoin.data.base import ImageDataset, load_image
 from viscoin.interpret.explainer import DEFAULT_LAMBDAS, ConceptExplainer
 from viscoin.interpret.plot import explain_figure, save_figure
 from viscoin.model.loading import class_names, load_concept_model, read_model_info
+from viscoin.utils.images import image_format
+from viscoin.utils.io import refuse_existing
 
 
 def load_input_image(path: str | Path, resolution: int) -> torch.Tensor:
@@ -40,8 +42,10 @@ def explain_image(
     threshold: float | None = None,
     lambdas: tuple[float, ...] = DEFAULT_LAMBDAS,
     device: str | torch.device = "cpu",
+    overwrite: bool = False,            # replace an existing `out`
 ) -> dict[str, Any]:
-    """Explain one image with a saved concept model and write the figure to `out`.
+    """Explain one image with a saved concept model and write the figure to `out` (an existing file
+    only with `overwrite`; the inputs are checked first, so a bad input names itself).
 
     Returns the prediction and the shown concepts (plain values) for printing or JSON.
     """
@@ -49,6 +53,8 @@ def explain_image(
     model = load_concept_model(checkpoint, device=device)
     names = class_names(info, model.num_classes)
     x = load_input_image(image, model.resolution)
+    image_format(out)
+    refuse_existing([out] if Path(out).exists() else [], "exists", overwrite)
     explainer = ConceptExplainer(model)
     top = explainer.top_concepts(x, k=top_k, threshold=threshold)[0]
     concepts = [int(j) for j in top["concepts"]]
