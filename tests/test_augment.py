@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from viscoin.stylegan import ops
 from viscoin.stylegan.augment import (
     BLIT,
     COLOUR,
@@ -18,6 +19,7 @@ from viscoin.stylegan.augment import (
     AdaController,
     AugmentConfig,
     AugmentPipe,
+    _resample_2x_polyphase,
     affine_resample,
     colour_matrix,
     geometric_inverse,
@@ -185,7 +187,12 @@ def _reference_geometric(x: np.ndarray, inverse: np.ndarray, half_pixel_step: bo
     return np.einsum("ya,cab,xb->cyx", down(h), out, down(w))
 
 
-def test_geometric_resampling_matches_the_official_centre():
+# The ways `affine_resample` computes the 2x path: the same maths, different work (and float rounding).
+FILTERINGS = {"direct": {"filtering": "direct"}, "polyphase": {"crop": False}, "polyphase+crop": {"crop": True}}
+
+
+@pytest.mark.parametrize("variant", FILTERINGS)
+def test_geometric_resampling_matches_the_official_centre(variant):
     """At fixed parameters the 2x path equals the official one; its centre is 1/4 px off the nominal one."""
     x = -np.ones((1, 16, 16))
     x[:, 5:11, 4:12] = 1.0  # a sharp-edged, off-centre rectangle, so a 1/4 px shift shows
@@ -198,13 +205,155 @@ def test_geometric_resampling_matches_the_official_centre():
     }
     params = torch.tensor(list(cases.values()), dtype=torch.float64).T
     inverse = geometric_inverse(*params)  # [5, 3, 3] float64
-    ours = affine_resample(torch.tensor(x, dtype=torch.float32)[None].repeat(len(cases), 1, 1, 1), inverse)
+    ours = affine_resample(torch.tensor(x, dtype=torch.float32)[None].repeat(len(cases), 1, 1, 1), inverse,
+                           **FILTERINGS[variant])
     for i, name in enumerate(cases):
         official = _reference_geometric(x, inverse[i].numpy())
         nominal = _reference_geometric(x, inverse[i].numpy(), half_pixel_step=False)
         err = np.abs(ours[i].double().numpy() - official).max()
         assert err < 1e-5, (name, err)  # float32 rounding
         assert np.abs(nominal - official).max() > 0.05, name  # the nominal centre would fail above
+
+
+# ----------------------------------------------------------------------------------------------
+# The polyphase 2x path equals the direct one (zero insertion + full conv, full conv + decimation)
+
+
+@pytest.mark.parametrize("taps", [SYM6, [1, 3, 3, 1], [1, 2, 1], [1.0], [1, 2, 3, 4, 5]])
+@pytest.mark.parametrize("up", [2, 3])
+def test_polyphase_upsampling_equals_zero_insertion(taps, up):
+    f = ops.setup_filter(taps)
+    gen = torch.Generator().manual_seed(len(taps) * 10 + up)
+    for h, w in [(7, 9), (16, 16), (1, 1)]:
+        x = torch.randn(2, 3, h, w, generator=gen).requires_grad_(True)
+        weights = torch.randn(2, 3, up * h, up * w, generator=gen)
+        ref = ops.upsample2d(x, f, up=up)
+        out = ops.upsample2d_polyphase(x, f, up=up)
+        assert out.shape == ref.shape == (2, 3, up * h, up * w)
+        assert (out - ref).abs().max() < 1e-5
+        (g_ref,) = torch.autograd.grad((ref * weights).sum(), x)
+        (g_out,) = torch.autograd.grad((out * weights).sum(), x)
+        assert (g_out - g_ref).abs().max() < 1e-5
+
+
+def test_strided_downsampling_equals_decimation():
+    f = ops.setup_filter(SYM6)
+    gen = torch.Generator().manual_seed(0)
+    for shape, padding in [((2, 3, 30, 30), [0] * 4), ((1, 2, 27, 33), [-1, 2, 0, 5]), ((2, 1, 40, 24), [5] * 4)]:
+        x = torch.randn(*shape, generator=gen).requires_grad_(True)
+        ref = ops.upfirdn2d(x, f, down=2, padding=padding)
+        out = ops.upfirdn2d(x, f, down=2, padding=padding, strided=True)
+        assert out.shape == ref.shape and (out - ref).abs().max() < 1e-5
+        weights = torch.randn(ref.shape, generator=gen)
+        (g_ref,) = torch.autograd.grad((ref * weights).sum(), x)
+        (g_out,) = torch.autograd.grad((out * weights).sum(), x)
+        assert (g_out - g_ref).abs().max() < 1e-5
+
+
+def _forward_and_grads(fn, x: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:
+    """fn(x), d<fn(x), w>/dx, and an R1-like double backward: the gradient w.r.t. x and a scalar
+    'network' parameter theta of |d sum(w * softplus(theta * fn(x))) / dx|^2 (as `r1_penalty`)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = x.detach().requires_grad_(True)
+    theta = torch.tensor(1.3, requires_grad=True)
+    out = fn(x)
+    weights = torch.randn(out.shape, generator=gen)
+    (gx,) = torch.autograd.grad((out * weights).sum(), x, retain_graph=True)
+    (g1,) = torch.autograd.grad((torch.nn.functional.softplus(theta * out) * weights).sum(), x, create_graph=True)
+    gx2, gtheta = torch.autograd.grad(g1.square().sum(), [x, theta])
+    return {"out": out.detach(), "grad": gx, "r1 grad x": gx2, "r1 grad theta": gtheta}
+
+
+def _relative_errors(new: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -> dict[str, float]:
+    return {k: ((new[k] - ref[k]).abs().max() / ref[k].abs().max().clamp(min=1e-12)).item() for k in ref}
+
+
+# Inverse maps: scale, pre-rotation, aniso, post-rotation, tx, ty -- mild ones, a zoom-out that
+# reads past the (clipped) padding into zeros, one that reads only zeros, a 45 degree turn.
+RESAMPLE_CASES = [
+    (1.0, 0.3, 1.0, 0.0, 0.4, -0.2),
+    (0.4, 0.0, 1.3, 0.7, 0.0, 0.0),
+    (1.0, 0.0, 1.0, 0.0, 200.0, 3.0),
+    (1.2, math.pi / 4, 0.8, -0.3, -2.5, 1.5),
+    (0.7, -2.0, 1.25, 0.9, 1.3, -0.7),
+    (2.0, 1.0, 1.0, 0.0, 0.0, 0.0),
+]
+
+
+@pytest.mark.parametrize("size", [(16, 16), (17, 17), (20, 27), (32, 32), (64, 64)])
+@pytest.mark.parametrize("crop", [False, True])
+def test_polyphase_resampling_equals_direct(size, crop):
+    """Forward, gradient and R1 double backward of the 2x path: polyphase (and cropped) = direct."""
+    params = torch.tensor(RESAMPLE_CASES).T
+    inverse = geometric_inverse(*params)
+    n = len(RESAMPLE_CASES)
+    gen = torch.Generator().manual_seed(size[0] * 100 + size[1])
+    x = torch.rand(n, 3, *size, generator=gen) * 2 - 1               # images in [-1, 1]
+    ref = _forward_and_grads(lambda t: affine_resample(t, inverse, filtering="direct"), x, 1)
+    new = _forward_and_grads(lambda t: affine_resample(t, inverse, crop=crop), x, 1)
+    assert new["out"].shape == x.shape
+    assert (new["out"] - ref["out"]).abs().max() < 3e-5                 # measured up to 1.3e-5 (cropped)
+    errors = _relative_errors(new, ref)
+    assert max(errors.values()) < 3e-5, errors
+    assert ref["out"][2].abs().max() == 0                               # the case that reads only zeros
+
+
+def test_crop_windows_hold_every_pixel_that_the_output_depends_on():
+    """Cropping drops pixels exactly (their gradient is 0): every padded pixel with a gradient in
+    the uncropped path must keep one, so the windows miss no filter tap and no bilinear neighbour."""
+    h = w = 24
+    gen = torch.Generator().manual_seed(3)
+    xp = torch.randn(len(RESAMPLE_CASES) + 8, 3, h + 40, w + 40, generator=gen)  # as if padded by 20
+    params = torch.cat([torch.tensor(RESAMPLE_CASES).T,                          # + 8 random mild maps
+                        torch.stack([torch.exp2(torch.randn(8, generator=gen) * 0.3), torch.rand(8, generator=gen) * 6,
+                                     torch.exp2(torch.randn(8, generator=gen) * 0.3), torch.rand(8, generator=gen) * 6,
+                                     torch.randn(8, generator=gen) * 3, torch.randn(8, generator=gen) * 3])], dim=1)
+    inverse = geometric_inverse(*params)
+    weights = torch.randn(xp.shape[0], 3, h, w, generator=gen)
+    grads = {}
+    for crop in (False, True):
+        x = xp.clone().requires_grad_(True)
+        out = _resample_2x_polyphase(x, inverse, 20, 20, h, w, crop)
+        (grads[crop],) = torch.autograd.grad((out * weights).sum(), x)
+    used = grads[False].abs() > 0
+    assert not (used & (grads[True] == 0)).any()
+    assert (grads[True][~used] == 0).all()
+    assert (grads[True] == 0).float().mean() > 0.3                 # the windows do crop
+
+
+@pytest.mark.parametrize("p", [0.0, 0.2, 0.6, 1.0])
+@pytest.mark.parametrize("n, c, size, extra", [(5, 3, (16, 16), {}), (16, 3, (32, 32), {}), (4, 3, (64, 64), {}),
+                                               (1, 3, (64, 64), {}), (6, 1, (17, 17), {}),
+                                               (3, 3, (20, 27), {"rotate90": 0.0})])
+def test_pipe_polyphase_equals_direct(p, n, c, size, extra):
+    """The whole pipe with the default filtering = the direct one, with the same random draws:
+    forward without gradients (cropped at 64 px on the CPU), and forward, gradient, R1 double
+    backward (not cropped by default)."""
+    gen = torch.Generator().manual_seed(n * 1000 + size[1])
+    x = torch.rand(n, c, *size, generator=gen) * 2 - 1
+    pipes = {name: AugmentPipe(AugmentConfig(p=p, **extra), filtering=name) for name in ("polyphase", "direct")}
+    for seed in range(2):
+        results = {}
+        for name, pipe in pipes.items():
+            def run(t: torch.Tensor, pipe: AugmentPipe = pipe) -> torch.Tensor:
+                torch.manual_seed(seed)
+                return pipe(t)
+            results[name] = _forward_and_grads(run, x, seed)
+            with torch.no_grad():
+                results[name]["out, no grad"] = run(x)
+        errors = _relative_errors(results["polyphase"], results["direct"])
+        assert max(errors.values()) < 3e-5, (seed, errors)              # measured up to 1.1e-5
+        if p == 0:
+            assert max(errors.values()) == 0
+
+
+def test_filtering_is_checked():
+    with pytest.raises(ValueError, match="filtering"):
+        AugmentPipe(filtering="fast")  # type: ignore[arg-type]
+    one, zero = torch.ones(1), torch.zeros(1)
+    with pytest.raises(ValueError, match="filtering"):
+        affine_resample(smooth(1), geometric_inverse(one, zero, one, zero, zero, zero),
+                        filtering="fast")  # type: ignore[arg-type]
 
 
 def test_colour_matrices_on_known_colours():

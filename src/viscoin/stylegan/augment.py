@@ -195,6 +195,8 @@ def affine_resample(
     x: torch.Tensor,              # [N, C, H, W]
     inverse: torch.Tensor,        # [N, 3, 3] output -> source map on centred pixel coordinates
     supersample: bool = True,     # resample at 2x between sym6 up- and down-sampling
+    filtering: Literal["polyphase", "direct"] = "polyphase",  # how the 2x path filters (same values)
+    crop: bool | None = None,     # polyphase: up-sample each image's reachable window (None: see below)
 ) -> torch.Tensor:
     """Warp every image by its matrix: reflect padding, bilinear `grid_sample` (§3.2 / §3.5 step 4).
 
@@ -208,10 +210,30 @@ def affine_resample(
     quarter pixel mostly offsets the phase of the sym6 filters (the taps' centre of mass is 5.1,
     not the 5.5 that the up- and down-sampling's padding assumes), so the unfiltered 1x path keeps
     c: on image content that is the closer of the two to the official output.
+
+    Filtering. "direct" is the textbook form: zero insertion and a 12x12 conv at 2x, and a 12x12
+    conv at 2x whose every second output is kept. "polyphase" (the default) computes the same sums
+    without the zero products and the discarded outputs, ~4x fewer multiply-adds on either side:
+    `ops.upsample2d_polyphase` and a stride-2 conv; it also skips the 2x grid's outermost row and
+    column, which the down-sampling filter never reads. The two agree to float32 rounding
+    (tests/test_augment.py).
+
+    Crop. The padding is the batch's largest (the batch shares one tensor), about twice the area
+    one image's samples reach. With ``crop`` the polyphase path up-samples, image by image, only
+    the window of the padded image that its samples read, with the filter's support: the values
+    read are the same sums of the same pixels, so the output is too (up to float rounding). It
+    trades one batched conv for N small ones. ``crop=None`` crops on the CPU for images of 48 px
+    and more when no gradient flows to `x` (D's steps on reals and on detached fakes, 3 of the
+    pipe's 4 calls per training iteration). Measured (batch 16, p = 0.6, the geometric step):
+    forward 64 px ~1.5x, 128 px ~1.4x faster; 16 px 1.5x slower; with gradients 1.3-1.7x faster
+    single-threaded but up to 2x slower with two threads on a busy 2-core machine (many small
+    parallel ops), hence not by default. Not worth it where kernel launches cost (CUDA).
     """
     n, _, h, w = x.shape
     dev, inverse = x.device, inverse.to(x.device, torch.float32)
     cx, cy = (w - 1) / 2, (h - 1) / 2
+    if filtering not in ("polyphase", "direct"):
+        raise ValueError(f"affine_resample: filtering must be 'polyphase' or 'direct', got {filtering!r}")
 
     # 1. Reflect-pad, as the official pipeline does: map the corner pixels' centres through the
     #    matrix (about the nominal centre), take the largest excursion beyond them on each side, add
@@ -223,8 +245,13 @@ def affine_resample(
     ext = torch.stack([-src[:, 0].min() - cx, -src[:, 1].min() - cy, src[:, 0].max() - cx, src[:, 1].max() - cy])
     ext = torch.minimum((ext + margin).clamp(min=0), torch.tensor([w - 1, h - 1, w - 1, h - 1], device=dev))
     left, top, right, bottom = (int(v) for v in ext.ceil().tolist())
-    x = F.pad(x, [left, right, top, bottom], mode="reflect")
+    x = F.pad(x, [left, right, top, bottom], mode="reflect")          # [N, C, Hp, Wp]
     hp, wp = x.shape[2:]
+
+    if supersample and filtering == "polyphase":
+        if crop is None:
+            crop = dev.type == "cpu" and min(h, w) >= 48 and not (x.requires_grad and torch.is_grad_enabled())
+        return _resample_2x_polyphase(x, inverse, left, top, h, w, crop)
 
     # 2. Output sample positions in 1x pixel coordinates relative to the centre (2x: sub-pixels at
     #    +-1/4, plus a 3 px rim that the down-sampling filter reads), mapped to the source and
@@ -251,16 +278,84 @@ def affine_resample(
     return x
 
 
+def _resample_2x_polyphase(
+    x: torch.Tensor,              # [N, C, Hp, Wp] the reflect-padded images
+    inverse: torch.Tensor,        # [N, 3, 3] float32, as for `affine_resample`
+    left: int,                    # padding added on the left of x
+    top: int,                     # padding added on top of x
+    h: int,                       # output height (before padding)
+    w: int,                       # output width
+    crop: bool,                   # up-sample each image's reachable window only (see `affine_resample`)
+) -> torch.Tensor:                # [N, C, H, W]
+    """`affine_resample`'s 2x path (steps 2-3) with polyphase filtering: the same sums as "direct"."""
+    n, _, hp, wp = x.shape
+    dev = x.device
+    ox, oy = (w - 1) / 2 - 0.25, (h - 1) / 2 - 0.25                # the centre (see `affine_resample`)
+
+    # 2. The 2x output samples that the down-sampling filter reads: 2x indices -5 .. 2W+4 (the
+    #    direct path's 6 px rim less its outermost sample, which the filter never reads), in 1x
+    #    units relative to the centre (1x pixel index i sits at 2x index 2i + 1/2). The affine map
+    #    is applied per axis and broadcast (the positions form a grid; no [P, 3] @ [3, 3] product).
+    ks = (torch.arange(-5, 2 * w + 5, device=dev) - 0.5) / 2 - ox   # [Wo = 2W + 10]
+    js = (torch.arange(-5, 2 * h + 5, device=dev) - 0.5) / 2 - oy   # [Ho = 2H + 10]
+    m = inverse[:, :2, :, None, None]                               # [N, 2, 3, 1, 1]
+    src = m[:, :, 0] * ks + m[:, :, 1] * js[:, None] + m[:, :, 2]   # [N, 2, Ho, Wo]: source x, y (1x, centred)
+    sx = (src[:, 0] + ox + left) * 2 + 0.5                          # [N, Ho, Wo] 2x pixel coords in the padded image
+    sy = (src[:, 1] + oy + top) * 2 + 0.5
+
+    # The window (1x pixels of the padded image) that each image's up-sampling computes: all of
+    # it, or with `crop` the pixels that the 2x samples read. Bilinear reads 2x pixels floor(s)
+    # and floor(s) + 1 (one more each way for rounding), clipped to the image: outside it both
+    # read zeros. 2x pixel 2i + (0 or 1) sums 1x pixels i - 3 .. i + 3 (the taps of its phase).
+    if crop:
+        sxf, syf = sx.flatten(1), sy.flatten(1)
+        reach = torch.stack([sxf.amin(1), sxf.amax(1), syf.amin(1), syf.amax(1)]).floor()          # [4, N]
+        reach = reach + torch.tensor([-1.0, 2.0, -1.0, 2.0], device=dev)[:, None]  # 2x pixels read, with slack
+        x0, x1 = (reach[:2].clamp(0, 2 * wp - 1) // 2 + torch.tensor([[-3.0], [3.0]], device=dev)).clamp(0, wp - 1)
+        y0, y1 = (reach[2:].clamp(0, 2 * hp - 1) // 2 + torch.tensor([[-3.0], [3.0]], device=dev)).clamp(0, hp - 1)
+    else:
+        x0 = y0 = torch.zeros(n, device=dev)
+        x1, y1 = torch.full((n,), wp - 1.0, device=dev), torch.full((n,), hp - 1.0, device=dev)
+    ww, wh = (x1 - x0 + 1)[:, None, None], (y1 - y0 + 1)[:, None, None]   # [N, 1, 1] window size
+    sx = sx - 2 * x0[:, None, None]                                 # 2x pixel coords in the window
+    sy = sy - 2 * y0[:, None, None]
+    grid = torch.stack([(2 * sx + 1) / (2 * ww) - 1, (2 * sy + 1) / (2 * wh) - 1], dim=-1).to(x.dtype)  # [N, Ho, Wo, 2]
+
+    # 3. Up-sample, resample, down-sample.
+    f = ops.setup_filter(SYM6, device=dev)
+    if crop:
+        windows = torch.stack([x0, x1, y0, y1], 1).long().tolist()
+        x = torch.cat([
+            F.grid_sample(ops.upsample2d_polyphase(xi[None, :, ya:yb + 1, xa:xb + 1], f),  # [1, C, 2wh, 2ww]
+                          grid[i:i + 1], mode="bilinear", padding_mode="zeros", align_corners=False)
+            for i, (xi, (xa, xb, ya, yb)) in enumerate(zip(x.unbind(0), windows))
+        ])                                                          # [N, C, Ho, Wo]
+    else:
+        x = ops.upsample2d_polyphase(x, f)                         # [N, C, 2Hp, 2Wp], as upsample2d
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)  # [N, C, Ho, Wo]
+    # Correlation with the same filter (so the pair is zero-phase), evaluated at the even positions
+    # only (a stride-2 conv, no padding): [N, C, H, W].
+    return ops.upfirdn2d(x, f.flip([0, 1]), down=2, strided=True)
+
+
 # ----------------------------------------------------------------------------------------------
 # The pipeline
 
 
 class AugmentPipe(nn.Module):
-    """The 'bgc' ADA pipeline (§3.1-3.2, §3.5). `p` is a buffer; multipliers and strengths come from the config."""
+    """The 'bgc' ADA pipeline (§3.1-3.2, §3.5). `p` is a buffer; multipliers and strengths come from the config.
 
-    def __init__(self, cfg: AugmentConfig = AugmentConfig()) -> None:
+    `filtering` picks how the 2x geometric path filters (see `affine_resample`; the same values,
+    "direct" is the slower textbook form, kept for comparison).
+    """
+
+    def __init__(self, cfg: AugmentConfig = AugmentConfig(),
+                 filtering: Literal["polyphase", "direct"] = "polyphase") -> None:
         super().__init__()
+        if filtering not in ("polyphase", "direct"):
+            raise ValueError(f"AugmentPipe: filtering must be 'polyphase' or 'direct', got {filtering!r}")
         self.cfg = cfg
+        self.filtering = filtering
         self.register_buffer("p", torch.tensor(float(cfg.p)))
 
     def _chosen(self, n: int, mult: float, device: torch.device) -> torch.Tensor:
@@ -320,7 +415,7 @@ class AugmentPipe(nn.Module):
             idx = active.nonzero()[:, 0]
             if idx.numel() > 0:
                 inv = geometric_inverse(scale[idx], rot_pre[idx], aniso[idx], rot_post[idx], tx[idx], ty[idx])
-                x = x.index_copy(0, idx, affine_resample(x[idx], inv, cfg.supersample))
+                x = x.index_copy(0, idx, affine_resample(x[idx], inv, cfg.supersample, self.filtering))
 
         # Colour: one 4x4 matrix per sample on (r, g, b, 1); hue and saturation need RGB.
         if any(getattr(cfg, name) > 0 for name in COLOUR):
