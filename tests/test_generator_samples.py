@@ -18,6 +18,7 @@ from viscoin.data import synthetic as syn
 from viscoin.metrics.ground_truth import AttributeProbe
 from viscoin.metrics.samples import (
     ClassProbe,
+    class_spread,
     attribute_groups,
     fit_class_probe,
     group_targets,
@@ -205,6 +206,31 @@ def test_probe_group_accuracy_of_a_hand_made_case():
     assert "has_pattern" in table and "has_size" not in table and "worst class: 0 class 0: agreement 1.000" in table
 
 
+def test_class_spread_and_diversity_of_a_hand_made_case():
+    """Spread: mean pairwise distance within a class; diversity: the samples' spread over the real images'."""
+    feats = torch.tensor([[0.0, 0.0], [3.0, 4.0], [1.0, 1.0], [1.0, 1.0], [2.0, 2.0]])
+    assert class_spread(feats, torch.tensor([0, 0, 1, 1, 2]), 4) == [5.0, 0.0, None, None]
+    three = torch.tensor([[0.0, 0.0], [6.0, 0.0], [0.0, 8.0]])                  # pairs: 6, 8, 10
+    assert class_spread(three, torch.zeros(3, dtype=torch.long), 1) == [pytest.approx(8.0)]
+
+    # CodeG draws one image per class: a fully collapsed generator has diversity 0 in every class.
+    sees = torch.nan_to_num(VALUES, nan=0.0)
+    d = len(NAMES) + 4
+    probe = AttributeProbe(torch.zeros(d, len(NAMES), dtype=torch.float64), torch.zeros(len(NAMES), dtype=torch.float64),
+                           torch.zeros(d, dtype=torch.float64), torch.full((d,), 2.0, dtype=torch.float64))
+    real = [1.0, 2.0, None, 4.0]
+    result = sample_metrics(CodeG(4, mistake=False), CodeF(4, sees), per_class=3,
+                            probe=ClassProbe(probe, NAMES, VALUES, None, real))
+    div = result["diversity"]
+    assert div["spread"] == [0.0] * 4 and div["real_spread"] == real
+    assert div["per_class"] == [0.0, 0.0, None, 0.0] and div["mean"] == 0.0
+    assert "diversity" in sample_table(result)
+    # Without the real images' spread there is no ratio; without a probe no diversity at all.
+    assert sample_metrics(CodeG(4, mistake=False), CodeF(4, sees), per_class=3,
+                          probe=ClassProbe(probe, NAMES, VALUES))["diversity"]["mean"] is None
+    assert sample_metrics(CodeG(4), CodeF(4), per_class=2)["diversity"] is None
+
+
 def test_per_class_subset():
     labels = torch.tensor([0, 1, 0, 2, 0, 1, 0])
     rows = per_class_subset(labels, 2, seed=0)
@@ -229,8 +255,10 @@ def test_fit_class_probe_on_the_birds(birds):
     ref = fitted.reference
     assert ref["count"] == 2 * C and set(ref["groups"]) == {"has_body_color", "has_head_color", "has_wing_pattern"}
     assert all(0 <= v <= 1 for v in ref["groups"].values())
-    result = sample_metrics(tiny_G(32, c_dim=C), f, per_class=1, probe=fitted)
+    assert len(fitted.real_spread) == C and all(v > 0 for v in fitted.real_spread)    # 2 test images per class
+    result = sample_metrics(tiny_G(32, c_dim=C), f, per_class=2, probe=fitted)
     assert set(result["probe"]["samples"]["groups"]) == set(ref["groups"]) and result["probe"]["real_images"] == ref
+    assert all(r is not None and r >= 0 for r in result["diversity"]["per_class"])
 
 
 # ---------------------------------------------------------------------------------------------

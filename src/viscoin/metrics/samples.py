@@ -28,6 +28,14 @@ ground-truth metrics (`viscoin.metrics.ground_truth`):
    decide some group) with every group right. The same numbers on real test images of each class
    (`fit_class_probe`'s ``reference``) tell a probe failure from a generator failure.
 
+3. **Diversity.** Do the samples of a class vary as much as the class's real images, or has G
+   collapsed to a few images per class? With a probe, each sample's `pooled_features` are
+   standardised with the probe's statistics (every feature of f's taps counts alike); a class's
+   *spread* is the mean Euclidean distance over all pairs of its samples, and its *diversity* is
+   that spread over the spread of the class's real test images (`fit_class_probe`'s
+   ``real_spread``, on the same features). 1 means as varied as the data; near 0, one image drawn
+   again and again. Reported per class and the mean over classes.
+
 On the synthetic birds the groups are ``has_body_color``, ``has_head_color`` and
 ``has_wing_pattern``; the class decides all three.
 """
@@ -58,6 +66,7 @@ class ClassProbe(NamedTuple):
     attribute_names: list[str]           # [A], e.g. "has_head_color::black"
     class_attributes: torch.Tensor       # [C, A]: 1 / 0 the class's value of an attribute, NaN: not decided
     reference: dict[str, Any] | None = None   # `group_accuracy` of the probe on real test images
+    real_spread: list[float | None] | None = None   # [C] `class_spread` of the real test images
 
 
 # ==================================================================== attribute groups
@@ -129,6 +138,22 @@ def group_accuracy(
             "count": len(labels)}
 
 
+def class_spread(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float | None]:
+    """[C]: the mean Euclidean distance over all pairs of rows of `features` [N, D] of each class (`labels`
+    [N]); None for a class with fewer than two rows."""
+    out: list[float | None] = []
+    for c in range(num_classes):
+        x = features[labels == c].double()                                      # [n_c, D]
+        n = x.shape[0]
+        out.append(float(torch.pdist(x).mean()) if n >= 2 else None)          # n(n-1)/2 distances
+    return out
+
+
+def _standardised(probe: AttributeProbe, features: torch.Tensor) -> torch.Tensor:
+    """`features` [N, D] with the probe's per-feature mean and standard deviation taken out."""
+    return (features.double() - probe.mean) / probe.std
+
+
 def _share(flags: torch.Tensor) -> float | None:
     """Mean of a boolean tensor; None when it is empty."""
     return float(flags.float().mean()) if flags.numel() else None
@@ -181,13 +206,14 @@ def fit_class_probe(
     values[freq >= purity] = 1.0
     values[freq <= 1 - purity] = 0.0
     values[:, ~class_defining(attrs, labels[rows], num_classes, purity)] = float("nan")
-    reference = None
+    reference, real_spread = None, None
     if test_set is not None:
         test_labels = _labels(test_set)
         test_rows = per_class_subset(test_labels, per_class, seed)
         feats = dataset_features(f.features, test_set, test_rows, batch_size, device)
         reference = group_accuracy(probe.probabilities(feats), test_labels[test_rows], values, names)
-    return ClassProbe(probe, names, values, reference)
+        real_spread = class_spread(_standardised(probe, feats), test_labels[test_rows], num_classes)
+    return ClassProbe(probe, names, values, reference, real_spread)
 
 
 # ==================================================================== the samples
@@ -243,12 +269,19 @@ def sample_metrics(
         "per_class_agreement": per_class_agreement, "per_class_probability": per_class_probability,
         "worst_class": {"class": worst, "name": None if class_names is None else class_names[worst],
                         "agreement": per_class_agreement[worst]},
-        "probe": None,
+        "probe": None, "diversity": None,
     }
     if probe is not None:
-        attr_probs = probe.probe.probabilities(torch.cat(pooled))                 # [n, A]
+        feats = torch.cat(pooled)                                                 # [n, D]
+        attr_probs = probe.probe.probabilities(feats)                             # [n, A]
         result["probe"] = {"samples": group_accuracy(attr_probs, asked, probe.class_attributes, probe.attribute_names),
                            "real_images": probe.reference}
+        spread = class_spread(_standardised(probe.probe, feats), asked, num_classes)
+        real = probe.real_spread
+        ratios = [None if real is None or s_c is None or not real[c] else s_c / real[c] for c, s_c in enumerate(spread)]
+        known = [r for r in ratios if r is not None]
+        result["diversity"] = {"per_class": ratios, "mean": sum(known) / len(known) if known else None,
+                               "spread": spread, "real_spread": real}
     return result
 
 
@@ -260,21 +293,24 @@ def sample_table(result: dict[str, Any]) -> str:
     samples = (result["probe"] or {}).get("samples") or {"groups": {}, "per_class": {}, "all_groups": None}
     real = (result["probe"] or {}).get("real_images")
     groups = list(samples["groups"])
-    headers = ["class", "agreement", "p(class)", *groups, *(["all groups"] if groups else [])]
+    diversity = result.get("diversity") or {}
+    div = ["diversity"] if diversity.get("mean") is not None else []
+    headers = ["class", "agreement", "p(class)", *groups, *(["all groups"] if groups else []), *div]
 
     def cell(value: float | None) -> str:
         return "-" if value is None else f"{value:.3f}"
 
     rows = [[names[k], cell(result["per_class_agreement"][k]), cell(result["per_class_probability"][k]),
              *(cell(samples["per_class"][g][k]) for g in groups),
-             *([cell(samples["all_groups_per_class"][k])] if groups else [])]
+             *([cell(samples["all_groups_per_class"][k])] if groups else []),
+             *([cell(diversity["per_class"][k])] if div else [])]
             for k in range(num_classes)]
     rows.append([f"all ({result['count']} samples, seed {result['seed']})", cell(result["agreement"]),
                  cell(result["mean_probability"]), *(cell(samples["groups"][g]) for g in groups),
-                 *([cell(samples["all_groups"])] if groups else [])])
+                 *([cell(samples["all_groups"])] if groups else []), *([cell(diversity["mean"])] if div else [])])
     if real is not None and groups:
         rows.append([f"probe on real test images ({real['count']})", "", "",
-                     *(cell(real["groups"].get(g)) for g in groups), cell(real["all_groups"])])
+                     *(cell(real["groups"].get(g)) for g in groups), cell(real["all_groups"]), *(["1.000"] if div else [])])
     widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
 
     def line(cells: list[str]) -> str:
