@@ -25,6 +25,7 @@ SAMPLE_PROBABILITY = 0.75            # mean probability f gives that class (meas
 SAMPLE_WORST_CLASS = 0.45            # agreement in the worst class (measured: 0.540)
 SAMPLE_HEAD_COLOR = 0.75             # the probe (fit on f's training images) sees the head colour (measured: 0.845)
 SAMPLE_WING_PATTERN = 0.80           # ... and the wing pattern (measured: 0.898)
+SAMPLE_DIVERSITY = 0.35              # samples' spread within a class over the real images' (measured: 0.42)
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +85,7 @@ def test_shipped_generator_samples_are_recognised_by_the_classifier(birds_root):
     assert result["worst_class"]["agreement"] >= SAMPLE_WORST_CLASS, result["per_class_agreement"]
     groups = result["probe"]["samples"]["groups"]
     assert groups["has_head_color"] >= SAMPLE_HEAD_COLOR and groups["has_wing_pattern"] >= SAMPLE_WING_PATTERN
+    assert result["diversity"]["mean"] >= SAMPLE_DIVERSITY
 
 
 @pytest.mark.slow

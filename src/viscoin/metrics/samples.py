@@ -29,12 +29,12 @@ ground-truth metrics (`viscoin.metrics.ground_truth`):
    (`fit_class_probe`'s ``reference``) tell a probe failure from a generator failure.
 
 3. **Diversity.** Do the samples of a class vary as much as the class's real images, or has G
-   collapsed to a few images per class? With a probe, each sample's `pooled_features` are
-   standardised with the probe's statistics (every feature of f's taps counts alike); a class's
-   *spread* is the mean Euclidean distance over all pairs of its samples, and its *diversity* is
-   that spread over the spread of the class's real test images (`fit_class_probe`'s
-   ``real_spread``, on the same features). 1 means as varied as the data; near 0, one image drawn
-   again and again. Reported per class and the mean over classes.
+   collapsed to a few images per class? Each image is average-pooled to 16 x 16 pixels
+   (`pixel_features`: pose, size and colours count, pixel noise does not); a class's *spread* is
+   the mean Euclidean distance over all pairs of its samples, and its *diversity* is that spread
+   over the spread of the class's real test images (`fit_class_probe`'s ``real_spread``). 1 means
+   as varied as the data; near 0, one image drawn again and again. Reported per class and the mean
+   over classes, when the real images are known (with a probe fitted with a test split).
 
 On the synthetic birds the groups are ``has_body_color``, ``has_head_color`` and
 ``has_wing_pattern``; the class decides all three.
@@ -54,7 +54,7 @@ from viscoin.metrics.ground_truth import (
     dataset_features,
     pooled_features,
 )
-from viscoin.utils.iteration import batches
+from viscoin.utils.iteration import batches, load_images
 
 GROUP_SEPARATOR = "::"
 
@@ -66,7 +66,7 @@ class ClassProbe(NamedTuple):
     attribute_names: list[str]           # [A], e.g. "has_head_color::black"
     class_attributes: torch.Tensor       # [C, A]: 1 / 0 the class's value of an attribute, NaN: not decided
     reference: dict[str, Any] | None = None   # `group_accuracy` of the probe on real test images
-    real_spread: list[float | None] | None = None   # [C] `class_spread` of the real test images
+    real_spread: list[float | None] | None = None   # [C] `class_spread` of the real test images' `pixel_features`
 
 
 # ==================================================================== attribute groups
@@ -149,9 +149,9 @@ def class_spread(features: torch.Tensor, labels: torch.Tensor, num_classes: int)
     return out
 
 
-def _standardised(probe: AttributeProbe, features: torch.Tensor) -> torch.Tensor:
-    """`features` [N, D] with the probe's per-feature mean and standard deviation taken out."""
-    return (features.double() - probe.mean) / probe.std
+def pixel_features(images: torch.Tensor, size: int = 16) -> torch.Tensor:
+    """Images [N, 3, R, R] in [-1, 1] (clamped), average-pooled to `size` x `size`, flattened: [N, 3·size²]."""
+    return torch.nn.functional.adaptive_avg_pool2d(images.float().clamp(-1, 1), size).flatten(1)
 
 
 def _share(flags: torch.Tensor) -> float | None:
@@ -212,7 +212,9 @@ def fit_class_probe(
         test_rows = per_class_subset(test_labels, per_class, seed)
         feats = dataset_features(f.features, test_set, test_rows, batch_size, device)
         reference = group_accuracy(probe.probabilities(feats), test_labels[test_rows], values, names)
-        real_spread = class_spread(_standardised(probe, feats), test_labels[test_rows], num_classes)
+        pixels = torch.cat([pixel_features(load_images(test_set, test_rows[sl])[0])
+                            for sl in batches(len(test_rows), batch_size)])     # [n, 768]
+        real_spread = class_spread(pixels, test_labels[test_rows], num_classes)
     return ClassProbe(probe, names, values, reference, real_spread)
 
 
@@ -249,9 +251,10 @@ def sample_metrics(
     z = torch.randn(n, G.z_dim, generator=torch.Generator().manual_seed(seed))   # [n, z_dim]
     asked = torch.arange(n) % num_classes                                         # [n]
     c = torch.nn.functional.one_hot(asked, num_classes).float()                   # [n, C]
-    probs, pooled = [], []
+    probs, pooled, pixels = [], [], []
     for sl in batches(n, batch_size):
         images = G(z[sl].to(G.device), c[sl].to(G.device), truncation_psi=1.0, noise_mode="const")  # [b, 3, R, R]
+        pixels.append(pixel_features(images).cpu())                               # [b, 768]
         feats = f.features(images.clamp(-1, 1).to(device))
         probs.append(feats["logits"].float().softmax(dim=1).cpu())               # [b, C]
         if probe is not None:
@@ -276,7 +279,7 @@ def sample_metrics(
         attr_probs = probe.probe.probabilities(feats)                             # [n, A]
         result["probe"] = {"samples": group_accuracy(attr_probs, asked, probe.class_attributes, probe.attribute_names),
                            "real_images": probe.reference}
-        spread = class_spread(_standardised(probe.probe, feats), asked, num_classes)
+        spread = class_spread(torch.cat(pixels), asked, num_classes)
         real = probe.real_spread
         ratios = [None if real is None or s_c is None or not real[c] else s_c / real[c] for c, s_c in enumerate(spread)]
         known = [r for r in ratios if r is not None]
