@@ -221,3 +221,22 @@ def test_folders_it_did_not_create_and_other_plans_are_refused(tiny, tmp_path):
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["runs"] == ["base", "loss.delta=0.7", "loss.gamma=0.5", "loss.orthogonality=false"]
     assert [s["name"] for s in json.loads((out / "ablation.json").read_text())["studies"]][-1] == "loss.delta"
+
+
+def test_what_it_says_names_a_peak_between_the_compared_rows():
+    """A claim compares two rows; when the rows between them do not move steadily the claimed way, the line says
+    so (the γ study's faithfulness, best at a middle γ, read "as the paper" from its end rows alone)."""
+    study = ablate.Study("gamma", "γ", "γ", ("loss.gamma",), (), claims=(ablate.Claim("faithfulness", 0, 3, "higher"),),
+                         paper="a larger γ is more faithful")
+    rows = [ablate.PlannedRow(f"γ = {g}", {"loss.gamma": g}, f"r{i}") for i, g in enumerate((0.05, 0.2, 0.5, 1.0))]
+    metrics = {f"r{i}": {"faithfulness": v} for i, v in enumerate((0.786, 0.910, 0.813, 0.800))}
+    line = ablate.what_it_says(study, rows, metrics)
+    assert "faithfulness (τ=0.1) 0.786 (γ = 0.05) → 0.800 (γ = 1.0): as the paper, not monotonic: highest at γ = 0.2 (0.910)" in line
+    assert line.endswith("It holds here.")
+    metrics = {f"r{i}": {"faithfulness": v} for i, v in enumerate((0.786, 0.80, 0.80, 0.9))}
+    assert "monotonic" not in ablate.what_it_says(study, rows, metrics)
+    reverse = ablate.Study("gamma", "γ", "γ", ("loss.gamma",), (), claims=(ablate.Claim("faithfulness", 3, 0, "lower"),),
+                           paper="a smaller γ is less faithful")
+    metrics = {f"r{i}": {"faithfulness": v} for i, v in enumerate((0.786, 0.910, 0.813, 0.800))}
+    assert "not monotonic: lowest at γ = 0.2 (0.910)" not in ablate.what_it_says(reverse, rows, metrics)
+    assert "not monotonic: lowest at γ = 0.05 (0.786)" in ablate.what_it_says(reverse, rows, metrics)

@@ -464,6 +464,22 @@ def _show(metric: str, value: float | None) -> str:
     return fmt_number(value, {"mse": ".4f", "fid": ".2f"}.get(metric, ".3f"))
 
 
+def _not_monotonic(claim: Claim, rows: Sequence[PlannedRow], metrics: dict[str, dict[str, float | None]]) -> str:
+    """", not monotonic: ..." when the rows between the claim's two do not move steadily the claimed way (the
+    end rows alone would hide a peak, e.g. faithfulness best at a middle γ); "" otherwise."""
+    step = 1 if claim.b > claim.a else -1
+    path = [rows[i] for i in range(claim.a, claim.b + step, step)]
+    values = [metrics[r.run][claim.metric] for r in path]
+    if len(path) < 3 or any(v is None for v in values):
+        return ""
+    rising = claim.expect == "higher"
+    if all((v2 >= v1) if rising else (v2 <= v1) for v1, v2 in zip(values, values[1:])):
+        return ""
+    best = max(range(len(values)), key=lambda i: values[i] if rising else -values[i])
+    return (f", not monotonic: {'highest' if rising else 'lowest'} at {path[best].label} "
+            f"({_show(claim.metric, values[best])})")
+
+
 def what_it_says(study: Study, rows: Sequence[PlannedRow], metrics: dict[str, dict[str, float | None]]) -> str:
     """One line: the paper's conclusion and, for each of its comparisons, whether these numbers agree (or, for a
     study without one, how the main numbers move from the first row to the last)."""
@@ -483,7 +499,8 @@ def what_it_says(study: Study, rows: Sequence[PlannedRow], metrics: dict[str, di
         ok = vb > va if claim.expect == "higher" else vb < va
         held += ok
         parts.append(f"{METRIC_NAMES[claim.metric]} {_show(claim.metric, va)} ({ra.label}) → "
-                     f"{_show(claim.metric, vb)} ({rb.label}): {'as' if ok else 'not as'} the paper")
+                     f"{_show(claim.metric, vb)} ({rb.label}): {'as' if ok else 'not as'} the paper"
+                     + _not_monotonic(claim, rows, metrics))
     if not judged:
         return f"The paper: {study.paper}. Not measured here."
     verdict = ("holds here" if held == judged else "does not hold here" if held == 0
