@@ -114,10 +114,19 @@ def test_demo_runs_end_to_end_and_resumes(birds_root, tmp_path, capsys):
     assert "Ground truth" in html and "Synthetic birds" in html
     info = json.loads((out / "viscoin" / "config.json").read_text())
     assert info["source"]["classifier"]["path"] == BIRDS_CLASSIFIER      # recorded by name
-    # a second run reuses the finished model instead of training again
+    # a second run reuses the finished model instead of training again, and its evaluation when the settings
+    # are the same (recorded with the weights' SHA-256); other evaluation settings evaluate again
     stamp = (out / "viscoin" / "weights.safetensors").stat().st_mtime_ns
+    assert result["model_weights_sha256"] == json.loads((out / "viscoin" / "config.json").read_text())["weights_sha256"]
+    evaluated = (out / "evaluation.json").read_bytes()
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "reusing the trained model" in printed and "reusing the evaluation" in printed
+    assert (out / "evaluation.json").read_bytes() == evaluated
     assert main([*argv, "--n-faithfulness", "20"]) == 0
-    assert "reusing the trained model" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "reusing the trained model" in printed and "evaluating with every metric" in printed
+    assert json.loads((out / "evaluation.json").read_text())["config"]["n_faithfulness"] == 20
     assert (out / "viscoin" / "weights.safetensors").stat().st_mtime_ns == stamp
     # ... but not with other training settings: refused, naming them, nothing trained or changed
     assert main([*argv, "iterations=13"]) == 2

@@ -19,6 +19,7 @@ Steps (each prints a line and shows a progress bar):
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ from viscoin.training.config import load_config
 from viscoin.training.state import latest_checkpoint
 from viscoin.utils.fid import inception_cache_path
 from viscoin.utils.config import ConfigError, config_to_dict
-from viscoin.utils.io import write_json
+from viscoin.utils.io import read_json, write_json
 
 DEFAULT_OUT = Path("viscoin-demo")
 
@@ -111,10 +112,15 @@ def run_demo(
         train_viscoin(cfg, resume=resume, overwrite=fresh)   # --fresh replaces the earlier run
 
     eval_cfg, why = demo_evaluation(n_faithfulness, consistency_samples, max_train)
-    _step(4, "evaluating with every metric" + (f" (FID on f's features: {why})" if why else ""))
     device = torch.device("cpu")
-    result = evaluate_checkpoint(model_dir, eval_cfg, device)
-    write_json(out / "evaluation.json", result)
+    result = reusable_evaluation(out / "evaluation.json", model_dir, eval_cfg) if done else None
+    if result is not None:
+        _step(4, f"reusing the evaluation in {out / 'evaluation.json'} (same model, same settings)")
+    else:
+        _step(4, "evaluating with every metric" + (f" (FID on f's features: {why})" if why else ""))
+        result = evaluate_checkpoint(model_dir, eval_cfg, device)
+        result["model_weights_sha256"] = read_json(model_dir / "config.json", "model")["weights_sha256"]
+        write_json(out / "evaluation.json", result)
     if not report:
         return result
 
@@ -187,6 +193,18 @@ def run_comparison(
     print(f"  tables: {written.markdown_path.resolve()}; report: {index.resolve()} (comparison.html)  "
           f"({elapsed / 60:.1f} min)")
     return {"systems": results, "comparison": str(written.json_path)}
+
+
+def reusable_evaluation(path: Path, model_dir: Path, eval_cfg: EvaluateConfig) -> dict[str, Any] | None:
+    """The evaluation in `path` when it is of the model now in `model_dir` (the SHA-256 of its weights, recorded
+    by the demo) with the settings `eval_cfg`; None otherwise (then the demo evaluates again)."""
+    try:
+        old = read_json(path, "evaluation")
+        sha = read_json(model_dir / "config.json", "model")["weights_sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    same_settings = isinstance(old, dict) and old.get("config") == json.loads(json.dumps(eval_cfg.to_dict()))
+    return old if same_settings and old.get("model_weights_sha256") == sha else None
 
 
 def changed_settings(saved: Path, cfg: Any) -> list[str]:
