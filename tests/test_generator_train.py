@@ -27,6 +27,7 @@ from viscoin.stylegan.checkpoint import import_official, load_network
 from viscoin.stylegan.generator import Generator
 from viscoin.stylegan.official import load_official
 from viscoin.stylegan.train import (
+    ClassGroupedImages,
     GanImages,
     GeneratorTrainConfig,
     MixingGenerator,
@@ -38,6 +39,7 @@ from viscoin.stylegan.train import (
     r1_penalty,
     resolve_config,
     train_generator,
+    ungroup,
     update_ema,
 )
 from viscoin.training.config import load_config
@@ -510,3 +512,58 @@ def test_export_writes_the_latest_checkpoints_generator(shapes, tmp_path, capsys
     with pytest.raises(Exception, match="no training checkpoint"):
         args.func(args)
     assert not (tmp_path / "x").exists()
+
+
+def test_class_grouped_images_hold_one_class_per_group_and_every_image(tmp_path):
+    data = make_shapes(tmp_path / "three", n=30, classes=3)                     # 10 images per class
+    images = build_dataset(DataConfig(kind="folder", root=str(data), resolution=16), "train", augment=False)
+    per_class = torch.bincount(torch.tensor([y for _, y in images.samples])).tolist()
+    grouped = ClassGroupedImages(GanImages(images, mirror=True, min_len=8), group=4, seed=0, min_items=1)
+    assert grouped.groups == ClassGroupedImages(GanImages(images, True, 8), 4, 0, 1).groups       # seeded
+    assert grouped.groups != ClassGroupedImages(GanImages(images, True, 8), 4, 1, 1).groups
+    seen = []
+    for k in range(len(grouped)):
+        item = grouped[(k, 123)]                                               # the loader's (index, seed) keys
+        assert item["image"].shape == (4, 3, 16, 16) and item["label"].unique().numel() == 1
+        seen += grouped.groups[k]
+    # every image and its mirrored copy, each class's last group filled from its start
+    assert set(seen) == set(range(2 * len(images)))
+    assert len(grouped) == sum(math.ceil(2 * n / 4) for n in per_class)
+    assert len(ClassGroupedImages(GanImages(images, False, 8), 4, 0, min_items=100)) >= 100          # repeated
+    # ungroup: D's strided minibatch-stddev groups (sample i in group i mod B) are the B loaded groups
+    labels = torch.tensor([[0, 0, 0, 0], [2, 2, 2, 2], [1, 1, 1, 1]])
+    flat = ungroup(labels)
+    assert flat.tolist() == [0, 2, 1] * 4
+    assert all(int(flat[i]) == int(flat[i % 3]) for i in range(12))
+
+
+def test_class_groups_give_every_minibatch_stddev_group_one_class(tmp_path, monkeypatch):
+    """With class_groups, every batch D sees (reals, fakes, R1) has one class in each of its strided groups."""
+    import viscoin.stylegan.train as train_module
+
+    data = make_shapes(tmp_path / "three", n=24, classes=3)
+    seen: list[torch.Tensor] = []
+    real_D = train_module.run_D
+
+    def recording_run_D(D, pipe, img, c, fp16=False):
+        seen.append(c.argmax(dim=1))
+        return real_D(D, pipe, img, c, fp16)
+
+    monkeypatch.setattr(train_module, "run_D", recording_run_D)
+    train_generator(tiny(data, tmp_path / "grouped", "conditional=true", "class_groups=true", "kimg=0.048",
+                         "discriminator.epilogue.mbstd_group_size=4"))
+    assert len(seen) >= 3 * 6                                                  # G, D fake, D real x 6 iterations
+    for classes in seen:
+        b = len(classes) // 4
+        assert len(classes) == 8 and all(int(classes[i]) == int(classes[i % b]) for i in range(len(classes)))
+    assert any(len(set(c.tolist())) > 1 for c in seen)                         # groups differ in class
+    # Without it, the official batches: some group mixes classes.
+    seen.clear()
+    train_generator(tiny(data, tmp_path / "plain", "conditional=true", "kimg=0.048"))
+    assert any(any(int(c[i]) != int(c[i % (len(c) // 4)]) for i in range(len(c))) for c in seen)
+    # Refused: without labels, or with groups of one image.
+    with pytest.raises(ConfigError, match="class_groups: needs conditional"):
+        tiny(data, tmp_path / "x", "class_groups=true")
+    with pytest.raises(ConfigError, match="class_groups: the minibatch-stddev group"):
+        train_generator(tiny(data, tmp_path / "y", "conditional=true", "class_groups=true",
+                             "discriminator.epilogue.mbstd_group_size=1"))

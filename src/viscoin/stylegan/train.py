@@ -167,6 +167,8 @@ class GeneratorTrainConfig(DictConfig):
     kimg: float = 25000.0                           # training length in thousands of real images shown
     conditional: bool = False                       # class-conditional G and D (labels from the dataset's classes)
     mirror: bool = False                            # add x-flipped copies of the training images (official --mirror)
+    class_groups: bool = False                      # conditional: each of D's minibatch-stddev groups holds one class
+                                                    # (reals and fakes), so D sees within-class collapse (not official)
     fp16_blocks: bool | Auto = AUTO                 # float16 in the num_fp16_res highest-resolution blocks of G and D,
                                                     # as the official training (auto: on CUDA); run.precision: 32-true
     tick_kimg: float = 4.0                          # print a status line every N kimg
@@ -179,6 +181,8 @@ class GeneratorTrainConfig(DictConfig):
             raise ConfigError("kimg: expected >= 0; tick_kimg: expected > 0")
         if self.fmaps not in (None, AUTO) and not self.fmaps > 0:
             raise ConfigError(f"fmaps: expected > 0, null or 'auto', got {self.fmaps}")
+        if self.class_groups and not self.conditional:
+            raise ConfigError("class_groups: needs conditional: true (it groups the batch by class)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -255,6 +259,9 @@ def resolve_config(
     if batch_gpu % group != 0:
         raise ConfigError(f"batch_size: {batch_gpu} images per device is not a multiple of the minibatch-stddev "
                           f"group {group} (discriminator.epilogue.mbstd_group_size)")
+    if cfg.class_groups and group < 2:
+        raise ConfigError("class_groups: the minibatch-stddev group (discriminator.epilogue.mbstd_group_size, at most "
+                          f"the {batch_gpu} images per device) is {group}; it must hold at least 2 images")
     return dataclasses.replace(
         cfg, data=data, generator=G, discriminator=D, cfg_preset="none", fmaps=None, batch_size=batch,
         run=dataclasses.replace(cfg.run, precision="32-true"),
@@ -288,6 +295,50 @@ class GanImages(torch.utils.data.Dataset):
         item = self.images[i % len(self.images)]
         image = item["image"].flip(2) if i >= len(self.images) else item["image"]
         return {"image": image, "label": item["label"]}
+
+
+class ClassGroupedImages(torch.utils.data.Dataset):
+    """`GanImages` in groups of `group` images of one class: item i is a dict of ``image`` [group, 3, R, R]
+    and ``label`` [group] (for `class_groups`).
+
+    Each class's images (with their mirrored copies) are put in a seeded random order and cut into
+    groups, the last one filled from the start of that order; a class with fewer images than a group
+    repeats them. The groups are fixed; the loader shuffles their order every epoch. Repeated (as
+    `GanImages`) so that an epoch holds at least `min_items` groups.
+    """
+
+    def __init__(self, images: GanImages, group: int, seed: int, min_items: int) -> None:
+        if group < 1:
+            raise ValueError(f"ClassGroupedImages: group must be >= 1, got {group}")
+        self.images, self.group = images, group
+        base = images.images
+        labels = torch.tensor([y for _, y in base.samples])
+        labels = labels.repeat(images.distinct // len(base))              # [distinct]: mirrored copies too
+        gen = torch.Generator().manual_seed(seed)
+        groups: list[list[int]] = []
+        for c in labels.unique().tolist():
+            members = (labels == c).nonzero()[:, 0]
+            members = members[torch.randperm(len(members), generator=gen)].tolist()
+            count = math.ceil(len(members) / group)
+            cycled = members * math.ceil(count * group / len(members))
+            groups.extend(cycled[k * group : (k + 1) * group] for k in range(count))
+        self.groups = groups
+        self.length = len(groups) * max(1, math.ceil(min_items / len(groups)))
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        index = key[0] if isinstance(key, (tuple, list)) else key
+        items = [self.images[i] for i in self.groups[index % len(self.groups)]]
+        return {"image": torch.stack([it["image"] for it in items]),
+                "label": torch.tensor([int(it["label"]) for it in items])}
+
+
+def ungroup(batch: torch.Tensor) -> torch.Tensor:
+    """[B, G, ...] (B groups of G) -> [G·B, ...] ordered so that D's minibatch-stddev groups, which are strided
+    (sample i is in group i mod B, see `MinibatchStdLayer`), are exactly the B groups."""
+    return batch.transpose(0, 1).reshape(-1, *batch.shape[2:])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -504,8 +555,13 @@ def train_generator(
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     batch_size = int(cfg.batch_size)
     batch_gpu = batch_size // world
-    dataset = GanImages(train_set, cfg.mirror, min_len=batch_size)
-    steps_per_epoch = runner.steps_per_epoch(len(dataset), batch_gpu)
+    dataset: torch.utils.data.Dataset = GanImages(train_set, cfg.mirror, min_len=batch_size)
+    group = min(cfg.discriminator.epilogue.mbstd_group_size or batch_gpu, batch_gpu)   # D's minibatch-stddev group
+    per_load = batch_gpu                      # loader items per iteration: images, or groups of one class
+    if cfg.class_groups:
+        dataset = ClassGroupedImages(dataset, group, cfg.run.seed, min_items=batch_size // group)
+        per_load = batch_gpu // group
+    steps_per_epoch = runner.steps_per_epoch(len(dataset), per_load)
     total_iters = math.ceil(cfg.kimg * 1000 / batch_size)
     c_dim = cfg.generator.c_dim
     c_pool = F.one_hot(torch.tensor([y for _, y in train_set.samples]), c_dim).float() if c_dim else None
@@ -560,8 +616,11 @@ def train_generator(
 
     def latents(n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         z = torch.randn(n, G.z_dim, device=dev)
-        c = c_pool[torch.randint(len(c_pool), (n,))].to(dev) if c_pool is not None else None
-        return z, c
+        if c_pool is None:
+            return z, None
+        if cfg.class_groups and n % group == 0:   # one class per minibatch-stddev group (strided, see `ungroup`)
+            return z, c_pool[torch.randint(len(c_pool), (n // group,))].repeat(group, 1).to(dev)
+        return z, c_pool[torch.randint(len(c_pool), (n,))].to(dev)
 
     def checkpoint() -> None:
         runner.save_checkpoint(batch_idx, {
@@ -609,10 +668,12 @@ def train_generator(
     t_last, nimg_last, t_start = time.time(), cur_nimg, time.time()
     while batch_idx < total_iters:
         epoch, in_epoch = divmod(batch_idx, steps_per_epoch)
-        for batch in runner.loader(dataset, batch_gpu, epoch, start=in_epoch * batch_gpu):
+        for batch in runner.loader(dataset, per_load, epoch, start=in_epoch * per_load):
             runner.seed_step(batch_idx)
-            real = batch["image"]
-            real_c = F.one_hot(batch["label"], c_dim).float() if c_dim else None
+            real, labels = batch["image"], batch["label"]
+            if cfg.class_groups:                  # [B, G, ...] groups of one class -> D's strided groups
+                real, labels = ungroup(real), ungroup(labels)
+            real_c = F.one_hot(labels, c_dim).float() if c_dim else None
 
             # Gmain: non-saturating loss on fresh fakes; D frozen, gradients flow through it and the pipe.
             G.requires_grad_(True)
