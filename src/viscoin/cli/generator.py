@@ -221,7 +221,8 @@ def register(sub: Any) -> None:
         description="Draws --per-class samples of every class (seeded z, truncation psi 1, constant noise) and reports "
                     "f's agreement with the asked class per class, and, where the generator's training data has "
                     "attributes, the share of samples whose class-defining attribute groups an attribute probe on "
-                    "f's features recognises (with the same probe on real test images as a reference).",
+                    "f's features recognises (with the same probe on real test images as a reference), and each "
+                    "class's diversity (the samples' spread on 16x16-pooled images over the real images').",
     )
     p.add_argument("--generator", required=True, type=Path,
                    help="class-conditional generator folder, official .pkl, or a shipped one: viscoin:birds/generator")
