@@ -513,6 +513,19 @@ def test_export_writes_the_latest_checkpoints_generator(shapes, tmp_path, capsys
         args.func(args)
     assert not (tmp_path / "x").exists()
 
+    # --which all: G_ema/, G/ and D/ of the checkpoint, a folder that init.source branches from exactly
+    both = tmp_path / "both"
+    args = parser.parse_args(["generator", "export", str(run), "--out", str(both), "--which", "all"])
+    assert args.func(args) == 0
+    assert "(G_ema/, G/ and D/)" in capsys.readouterr().out
+    assert sorted(p.name for p in both.iterdir()) == ["D", "G", "G_ema"]
+    branch = tmp_path / "branch"
+    train_generator(tiny(shapes, branch, f"init.source={both}", "kimg=0", "samples.every_kimg=0"))
+    for name in ("G_ema", "G", "D"):
+        a, b = weights(run / name), weights(branch / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    assert json.loads((both / "D" / "config.json").read_text())["extra"]["step"] == 20
+
 
 def test_class_grouped_images_hold_one_class_per_group_and_every_image(tmp_path):
     data = make_shapes(tmp_path / "three", n=30, classes=3)                     # 10 images per class

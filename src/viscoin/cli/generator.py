@@ -172,8 +172,9 @@ def cmd_generator_train(args: argparse.Namespace) -> int:
 def cmd_generator_export(args: argparse.Namespace) -> int:
     """`viscoin generator export RUN --out DIR`: the generator of a run's latest checkpoint."""
     extra = export_generator(args.run, args.out, which=args.which, overwrite=args.overwrite)
+    what = "G_ema/, G/ and D/" if args.which == "all" else "config.json + weights.safetensors"
     print(f"wrote {args.which} of {args.run} at {extra['kimg']:.1f} kimg (step {extra['step']}, augment p "
-          f"{extra['augment_p']:.4f}) to {args.out}/ (config.json + weights.safetensors)")
+          f"{extra['augment_p']:.4f}) to {args.out}/ ({what})")
     return 0
 
 
@@ -259,7 +260,9 @@ def register(sub: Any) -> None:
     )
     p.add_argument("run", type=Path, help="the run folder (run.out_dir of `viscoin generator train`)")
     p.add_argument("--out", required=True, type=Path, help="output folder (config.json + weights.safetensors)")
-    p.add_argument("--which", choices=["G_ema", "G"], default="G_ema", help="network to write (default: G_ema)")
+    p.add_argument("--which", choices=["G_ema", "G", "all"], default="G_ema",
+                   help="network to write (default: G_ema); all: G_ema/, G/ and D/ subfolders, as the end of "
+                        "training writes them, for init.source=OUT (a new run branching from this checkpoint)")
     p.add_argument("--overwrite", action="store_true",
                    help="write into a non-empty output folder (its config.json and weights.safetensors are replaced)")
     p.set_defaults(func=cmd_generator_export)

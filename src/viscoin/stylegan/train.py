@@ -791,14 +791,18 @@ def train_generator(
 def export_generator(
     run_dir: str | os.PathLike,  # a `viscoin generator train` run folder (config.yaml + checkpoints/)
     out_dir: str | os.PathLike,  # the generator folder to write (config.json + weights.safetensors)
-    which: Literal["G_ema", "G"] = "G_ema",  # G_ema is the one to use; G is the raw training network
+    which: Literal["G_ema", "G", "all"] = "G_ema",  # G_ema is the one to use; G is the raw training network;
+                                 # all: G_ema/, G/ and D/ under out_dir, as the end of training writes them
     overwrite: bool = False,     # write into a non-empty `out_dir`
 ) -> dict[str, Any]:
     """Write the generator of `run_dir`'s latest checkpoint as a generator folder, as the end of
     training would (its extras: kimg, augment p, the training data); returns those extras.
 
     Reads only the checkpoint (safetensors + JSON, hash-checked) and the run's ``config.yaml``, so a
-    training run that is still writing checkpoints can be inspected without stopping it.
+    training run that is still writing checkpoints can be inspected without stopping it. With
+    ``which="all"`` the three networks go to ``out_dir/{G_ema,G,D}/``: a folder that ``init.source``
+    takes, so a new run can branch from this point with a changed recipe (its optimiser state starts
+    afresh, as in any fine-tuning).
     """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     ckpt = latest_checkpoint(run_dir / "checkpoints") if (run_dir / "checkpoints").is_dir() else None
@@ -806,15 +810,20 @@ def export_generator(
         raise CheckpointError(f"{run_dir}: no training checkpoint (expected {CONFIG_NAME} and checkpoints/latest.json "
                               "of a `viscoin generator train` run)")
     cfg = load_config(GeneratorTrainConfig, run_dir / CONFIG_NAME)
-    claim_empty_folder(out_dir, overwrite, "replace its config.json and weights.safetensors")
+    replaces = "replace its G_ema/, G/ and D/" if which == "all" else "replace its config.json and weights.safetensors"
+    claim_empty_folder(out_dir, overwrite, replaces)
     step, state = load_train_state(ckpt)
-    if which not in state:
-        raise CheckpointError(f"{ckpt}: no {which} in this checkpoint; is it a generator run?")
-    G = Generator(cfg.generator)
-    G.load_state_dict(state[which])
+    names = ("G_ema", "G", "D") if which == "all" else (which,)
+    missing = [name for name in names if name not in state]
+    if missing:
+        raise CheckpointError(f"{ckpt}: no {', '.join(missing)} in this checkpoint; is it a generator run?")
     p = float(state["augment"]["p"]) if state.get("augment") else 0.0
     extra = {"augment_p": p, "kimg": state["cur_nimg"] / 1000, "data": cfg.data.to_dict(), "step": step,
              "run": str(run_dir)}
     src = {"init": cfg.init.source} if cfg.init.source else None
-    save_network(G.eval().requires_grad_(False), out_dir, source=src, extra=extra)
+    for name in names:
+        net = Discriminator(cfg.discriminator) if name == "D" else Generator(cfg.generator)
+        net.load_state_dict(state[name])
+        save_network(net.eval().requires_grad_(False), out_dir / name if which == "all" else out_dir,
+                     source=src, extra=extra)
     return extra
