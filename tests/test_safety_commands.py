@@ -325,6 +325,7 @@ BAD_INPUTS = [
     ("generator export {missing} --out {root}/g", "missing: no training checkpoint"),
     ("generator export {foreign} --out {root}/g", "foreign: no training checkpoint"),
     ("generator evaluate --generator {G} --classifier {f}", "G: unconditional (c_dim=0); evaluate needs a class-conditional"),
+    ("generator evaluate --generator {G} --classifier {f} --out {root}/new/g.json", "G: unconditional"),  # no new/
     ("generator evaluate --generator {missing} --classifier {f}", "--generator: {missing}: not a viscoin.stylegan2 checkpoint"),
     ("generator evaluate --generator {G} --classifier {text}", "--classifier: {text}: not valid JSON"),
     ("generator evaluate --generator {G} --classifier {f} --per-class 0", "--per-class: expected a whole number >= 1"),
@@ -388,10 +389,10 @@ BAD_INPUTS = [
     ("evaluate {ckpt} --metrics speed --out {existing}", "argument --metrics: invalid choice: 'speed'"),
     ("evaluate {ckpt} --out {foreign}", "--out {foreign}: is a folder; give a file name"),
     ("evaluate {ckpt} --out {ro}/evaluation.json", "read-only/evaluation.json: cannot write there"),
-    ("evaluate {ckpt} --out {existing}/x.json", "existing.png/x.json: cannot write there"),
+    ("evaluate {ckpt} --out {existing}/x.json", "existing.png/x.json: {existing} is a file, not a folder"),
     ("evaluate {text} --out {existing}", "notes.txt: no config.json"),
     ("evaluate {f} --out {existing}", "format 'viscoin.classifier' is not a concept model"),
-    ("evaluate {ckpt} data.root={missing} --out {root}/fresh.json", "data.root"),
+    ("evaluate {ckpt} data.root={missing} --out {root}/fresh/sub/e.json", "data.root"),   # and no folder fresh/
     ("evaluate {ckpt} --out {existing}", "existing.png: exists and is not an evaluation written by viscoin evaluate"),
     ("explain {ckpt} {image} --out {existing}", "existing.png: exists; give --overwrite to replace it"),
     ("classifier test {f} --out {existing}", "existing.png: exists; give --overwrite to replace it"),

@@ -97,13 +97,22 @@ def am_config(args: argparse.Namespace) -> ActivationMaximisationConfig:
 
 
 def check_writable(path: Path, option: str) -> None:
-    """ValueError naming `option` and the path unless a file can be written at `path` (its folder is created)."""
+    """ValueError naming `option` and the path unless a file can be written at `path`.
+
+    Creates nothing: it probes the nearest folder that exists on the way to `path` with a temporary file
+    (deleted at once), so a command that fails later leaves no empty folder behind; the writer creates
+    the missing folders when it writes.
+    """
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{option} {path}: is a folder; give a file name")
+    existing = path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{option} {path}: {existing} is a file, not a folder")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".check"):
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=f".{path.name}.", suffix=".check"):
             pass
     except OSError as exc:
         raise ValueError(f"{option} {path}: cannot write there ({exc.strerror or exc})") from exc
