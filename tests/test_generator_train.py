@@ -24,6 +24,7 @@ from viscoin.cli import build_parser
 from viscoin.cli.generator import cmd_generator_train
 from viscoin.data import DataConfig, build_dataset
 from viscoin.stylegan.checkpoint import import_official, load_network
+from viscoin.stylegan.config import GeneratorConfig, MappingConfig, SynthesisConfig
 from viscoin.stylegan.generator import Generator
 from viscoin.stylegan.official import load_official
 from viscoin.stylegan.train import (
@@ -33,12 +34,14 @@ from viscoin.stylegan.train import (
     MixingGenerator,
     GanOptimConfig,
     auto_settings,
+    blend_labels,
     ema_beta,
     lazy_adam,
     path_length_penalty,
     r1_penalty,
     resolve_config,
     train_generator,
+    transition_weight,
     ungroup,
     update_ema,
 )
@@ -580,3 +583,43 @@ def test_class_groups_give_every_minibatch_stddev_group_one_class(tmp_path, monk
     with pytest.raises(ConfigError, match="class_groups: the minibatch-stddev group"):
         train_generator(tiny(data, tmp_path / "y", "conditional=true", "class_groups=true",
                              "discriminator.epilogue.mbstd_group_size=1"))
+
+
+def test_transitional_conditioning_blends_the_labels_from_uniform_to_one_hot(tmp_path, monkeypatch):
+    """transition_kimg=[start, end]: G and D see (1 - w)/C + w * one-hot, w rising from 0 to 1."""
+    import viscoin.stylegan.train as train_module
+
+    assert [transition_weight(k, 2.0, 6.0) for k in (0.0, 2.0, 3.0, 6.0, 9.0)] == [0.0, 0.0, 0.25, 1.0, 1.0]
+    assert transition_weight(0.0, 0.0, 0.0) == 1.0                                   # off
+    c = torch.eye(4)[[0, 2]]
+    assert torch.allclose(blend_labels(c, 0.0), torch.full((2, 4), 0.25))
+    assert torch.allclose(blend_labels(c, 0.5), torch.tensor([[0.625, 0.125, 0.125, 0.125],
+                                                               [0.125, 0.125, 0.625, 0.125]]))
+    assert blend_labels(c, 1.0) is c
+    # At weight 0 a conditional G draws the same image whatever the class: it is unconditional.
+    G = Generator(GeneratorConfig(z_dim=8, c_dim=3, w_dim=8, img_resolution=8, mapping=MappingConfig(num_layers=1),
+                                  synthesis=SynthesisConfig(channel_base=64, channel_max=8, use_noise=False))).eval()
+    z = torch.randn(1, 8).repeat(3, 1)
+    same = G(z, blend_labels(torch.eye(3), 0.0))
+    assert torch.equal(same[0], same[1]) and torch.equal(same[0], same[2])
+    assert not torch.allclose(G(z, torch.eye(3))[0], G(z, torch.eye(3))[1])
+    # In training: every label D sees is the blend of the current weight (6 iterations of 8 images, 0.048 kimg).
+    data = make_shapes(tmp_path / "three", n=24, classes=3)
+    seen: list[torch.Tensor] = []
+    real_D = train_module.run_D
+
+    def recording_run_D(D, pipe, img, c, fp16=False):
+        seen.append(c.clone())
+        return real_D(D, pipe, img, c, fp16)
+
+    monkeypatch.setattr(train_module, "run_D", recording_run_D)
+    train_generator(tiny(data, tmp_path / "blend", "conditional=true", "kimg=0.048", "transition_kimg=[0.008,0.040]"))
+    weights_seen = sorted({round(float(c.max(dim=1).values[0]) - float(c.min(dim=1).values[0]), 4) for c in seen})
+    # before each of the 6 steps cur_nimg is 0, 8, ..., 40 images: w = 0, 0, 0.25, 0.5, 0.75, 1
+    assert weights_seen == [0.0, 0.25, 0.5, 0.75, 1.0]
+    for c in seen:
+        assert torch.allclose(c.sum(dim=1), torch.ones(len(c)))
+    with pytest.raises(ConfigError, match="transition_kimg: needs conditional"):
+        tiny(data, tmp_path / "x", "transition_kimg=[0,10]")
+    with pytest.raises(ConfigError, match="transition_kimg: expected"):
+        tiny(data, tmp_path / "x", "conditional=true", "transition_kimg=[10,5]")

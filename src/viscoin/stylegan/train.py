@@ -169,6 +169,9 @@ class GeneratorTrainConfig(DictConfig):
     mirror: bool = False                            # add x-flipped copies of the training images (official --mirror)
     class_groups: bool = False                      # conditional: each of D's minibatch-stddev groups holds one class
                                                     # (reals and fakes), so D sees within-class collapse (not official)
+    transition_kimg: tuple[float, float] = (0.0, 0.0)  # conditional: [start, end] of transitional conditioning:
+                                                    # labels blended from uniform to one-hot (`blend_labels`; not
+                                                    # official); equal values: off
     fp16_blocks: bool | Auto = AUTO                 # float16 in the num_fp16_res highest-resolution blocks of G and D,
                                                     # as the official training (auto: on CUDA); run.precision: 32-true
     tick_kimg: float = 4.0                          # print a status line every N kimg
@@ -183,6 +186,11 @@ class GeneratorTrainConfig(DictConfig):
             raise ConfigError(f"fmaps: expected > 0, null or 'auto', got {self.fmaps}")
         if self.class_groups and not self.conditional:
             raise ConfigError("class_groups: needs conditional: true (it groups the batch by class)")
+        start, end = self.transition_kimg
+        if not 0 <= start <= end:
+            raise ConfigError(f"transition_kimg: expected [start, end] with 0 <= start <= end, got {list(self.transition_kimg)}")
+        if end > 0 and not self.conditional:
+            raise ConfigError("transition_kimg: needs conditional: true (it blends the class labels)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -339,6 +347,30 @@ def ungroup(batch: torch.Tensor) -> torch.Tensor:
     """[B, G, ...] (B groups of G) -> [G·B, ...] ordered so that D's minibatch-stddev groups, which are strided
     (sample i is in group i mod B, see `MinibatchStdLayer`), are exactly the B groups."""
     return batch.transpose(0, 1).reshape(-1, *batch.shape[2:])
+
+
+def transition_weight(kimg: float, start: float, end: float) -> float:
+    """How much of the class label G and D see at `kimg` under transitional conditioning: 0 until `start`,
+    rising linearly to 1 at `end` (1 throughout when start == end, i.e. off)."""
+    if end <= start:
+        return 1.0
+    return min(max((kimg - start) / (end - start), 0.0), 1.0)
+
+
+def blend_labels(c: torch.Tensor, weight: float) -> torch.Tensor:
+    """Transitional conditioning by label blending: ``weight * c + (1 - weight) / C`` for one-hot labels
+    c [N, C].
+
+    A variant of Shahbazi et al. (ICLR 2023, "Collapse by conditioning"), who add the class embedding to
+    an unconditional G and D with a weight rising from 0 to 1. Blending the one-hot label towards the
+    uniform vector does the same through the networks' own class inputs: at weight 0 every image gets
+    the mean class embedding, so G and D are unconditional and G learns the data's variety (pose, size,
+    facing) before the classes split it; at weight 1 the label is the one-hot one, and the networks keep
+    the official architecture and format.
+    """
+    if weight >= 1.0:
+        return c
+    return c * weight + (1.0 - weight) / c.shape[1]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -614,13 +646,18 @@ def train_generator(
     gamma, pl_weight = float(cfg.loss.r1_gamma), cfg.loss.pl_weight
     G_reg, D_reg = cfg.loss.G_reg_interval, cfg.loss.D_reg_interval
 
+    def class_weight() -> float:                  # transitional conditioning: the share of the label G and D see
+        return transition_weight(cur_nimg / 1000, *cfg.transition_kimg)
+
     def latents(n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         z = torch.randn(n, G.z_dim, device=dev)
         if c_pool is None:
             return z, None
         if cfg.class_groups and n % group == 0:   # one class per minibatch-stddev group (strided, see `ungroup`)
-            return z, c_pool[torch.randint(len(c_pool), (n // group,))].repeat(group, 1).to(dev)
-        return z, c_pool[torch.randint(len(c_pool), (n,))].to(dev)
+            c = c_pool[torch.randint(len(c_pool), (n // group,))].repeat(group, 1)
+        else:
+            c = c_pool[torch.randint(len(c_pool), (n,))]
+        return z, blend_labels(c.to(dev), class_weight())
 
     def checkpoint() -> None:
         runner.save_checkpoint(batch_idx, {
@@ -673,7 +710,7 @@ def train_generator(
             real, labels = batch["image"], batch["label"]
             if cfg.class_groups:                  # [B, G, ...] groups of one class -> D's strided groups
                 real, labels = ungroup(real), ungroup(labels)
-            real_c = F.one_hot(labels, c_dim).float() if c_dim else None
+            real_c = blend_labels(F.one_hot(labels, c_dim).float(), class_weight()) if c_dim else None
 
             # Gmain: non-saturating loss on fresh fakes; D frozen, gradients flow through it and the pipe.
             G.requires_grad_(True)
@@ -747,6 +784,8 @@ def train_generator(
                     metrics["augment/p"] = float(pipe.p)
                 if rt is not None:
                     metrics["augment/rt"] = rt
+                if cfg.transition_kimg[1] > 0:
+                    metrics["transition/weight"] = class_weight()
                 runner.log(metrics, batch_idx)
                 shown.update(metrics)
                 bar.set_postfix(kimg=f"{cur_nimg / 1000:.1f}", G=f"{shown['loss/G']:.3f}", D=f"{shown['loss/D']:.3f}",
