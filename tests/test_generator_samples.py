@@ -23,6 +23,7 @@ from viscoin.metrics.samples import (
     fit_class_probe,
     group_targets,
     per_class_subset,
+    pixel_features,
     sample_metrics,
     sample_table,
 )
@@ -306,3 +307,26 @@ def test_cli_evaluate_without_data_and_refusals(tmp_path, capsys):
         assert main([*base, *args]) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_pixel_features_ignore_a_uniform_background_tint_but_not_the_object():
+    """The background colour is subtracted: a bird on another background differs only where the bird is."""
+    bird = torch.full((1, 3, 32, 32), -0.5)
+    block = torch.zeros(1, 3, 32, 32, dtype=torch.bool)
+    block[:, :, 8:16, 8:20] = True
+    bird[:, 0][block[:, 0]] = 0.9                                               # a red block on grey
+    tinted = torch.where(block, bird, torch.tensor([0.25, 0.1, -0.2]).view(1, 3, 1, 1))   # another background
+    moved = torch.roll(bird, shifts=(10, 6), dims=(2, 3))
+    f_bird, f_tinted, f_moved = (pixel_features(x, size=16) for x in (bird, tinted, moved))
+    assert f_bird.shape == (1, 3 * 16 * 16)
+    # the background becomes 0; the block keeps its contrast with it
+    assert torch.allclose(f_bird[0].view(3, 16, 16)[:, 0], torch.zeros(3, 16))
+    red = f_bird[0].view(3, 16, 16)[0, 4:8, 4:10]
+    assert torch.allclose(red, torch.full_like(red, 1.4))
+    assert torch.allclose(f_tinted[0].view(3, 16, 16)[:, 8:], torch.zeros(3, 8, 16))
+    # the tint changes only the block's contrast (24 of 256 pooled pixels); moving the bird changes 48
+    pooled = lambda x: torch.nn.functional.adaptive_avg_pool2d(x, 16).flatten(1)   # noqa: E731
+    tint = float((f_bird - f_tinted).norm())
+    assert tint == pytest.approx((24 * (0.75**2 + 0.6**2 + 0.3**2)) ** 0.5, rel=1e-5)
+    assert tint < float((pooled(bird) - pooled(tinted)).norm()) / 3              # without the subtraction
+    assert float((f_bird - f_moved).norm()) == pytest.approx(1.4 * 48**0.5, rel=1e-5)

@@ -29,8 +29,10 @@ ground-truth metrics (`viscoin.metrics.ground_truth`):
    (`fit_class_probe`'s ``reference``) tell a probe failure from a generator failure.
 
 3. **Diversity.** Do the samples of a class vary as much as the class's real images, or has G
-   collapsed to a few images per class? Each image is average-pooled to 16 x 16 pixels
-   (`pixel_features`: pose, size and colours count, pixel noise does not); a class's *spread* is
+   collapsed to a few images per class? Each image is average-pooled to 16 x 16 pixels and its
+   background colour (the median of its border pixels) is subtracted (`pixel_features`: pose, size,
+   shape and the colours against the background count; pixel noise and a uniform tint, such as the
+   birds' random background colour, do not); a class's *spread* is
    the mean Euclidean distance over all pairs of its samples, and its *diversity* is that spread
    over the spread of the class's real test images (`fit_class_probe`'s ``real_spread``). 1 means
    as varied as the data; near 0, one image drawn again and again. Reported per class and the mean
@@ -150,8 +152,17 @@ def class_spread(features: torch.Tensor, labels: torch.Tensor, num_classes: int)
 
 
 def pixel_features(images: torch.Tensor, size: int = 16) -> torch.Tensor:
-    """Images [N, 3, R, R] in [-1, 1] (clamped), average-pooled to `size` x `size`, flattened: [N, 3·size²]."""
-    return torch.nn.functional.adaptive_avg_pool2d(images.float().clamp(-1, 1), size).flatten(1)
+    """Images [N, 3, R, R] in [-1, 1] (clamped), average-pooled to `size` x `size`, less each image's
+    background colour (the per-channel median of its border pixels), flattened: [N, 3·size²].
+
+    Subtracting the border colour keeps a generator that varies only the background tint (a uniform
+    offset) from counting as diverse: what remains is the object's pose, size, shape and colours.
+    """
+    assert images.ndim == 4 and images.shape[1] == 3, images.shape
+    pooled = torch.nn.functional.adaptive_avg_pool2d(images.float().clamp(-1, 1), size)    # [N, 3, s, s]
+    border = torch.cat([pooled[:, :, 0], pooled[:, :, -1], pooled[:, :, 1:-1, 0], pooled[:, :, 1:-1, -1]], dim=2)
+    background = border.median(dim=2).values                                                 # [N, 3]
+    return (pooled - background[:, :, None, None]).flatten(1)
 
 
 def _share(flags: torch.Tensor) -> float | None:
