@@ -619,6 +619,17 @@ def test_transitional_conditioning_blends_the_labels_from_uniform_to_one_hot(tmp
     assert weights_seen == [0.0, 0.25, 0.5, 0.75, 1.0]
     for c in seen:
         assert torch.allclose(c.sum(dim=1), torch.ones(len(c)))
+    # class_groups start at the end of the transition: mixed groups while the labels are blended, one class after.
+    seen.clear()
+    train_generator(tiny(data, tmp_path / "both", "conditional=true", "kimg=0.048", "class_groups=true",
+                         "transition_kimg=[0.016,0.032]", "discriminator.epilogue.mbstd_group_size=2"))
+    half = [c.argmax(dim=1) for c in seen if abs(float(c.max() - c.min()) - 0.5) < 1e-6]      # weight 0.5: step 4
+    full = [c.argmax(dim=1) for c in seen if float(c.max()) == 1.0]                              # weight 1: steps 5, 6
+    assert len(half) >= 2 and len(full) >= 4
+    one_class = lambda k: all(int(k[i]) == int(k[i % (len(k) // 2)]) for i in range(len(k)))   # noqa: E731
+    assert all(one_class(k) for k in full)
+    assert not all(one_class(k) for k in half)
+    assert len(half) == 3 and not one_class(half[2])              # G's fakes, D's fakes, D's reals (shuffled)
     with pytest.raises(ConfigError, match="transition_kimg: needs conditional"):
         tiny(data, tmp_path / "x", "transition_kimg=[0,10]")
     with pytest.raises(ConfigError, match="transition_kimg: expected"):

@@ -168,7 +168,8 @@ class GeneratorTrainConfig(DictConfig):
     conditional: bool = False                       # class-conditional G and D (labels from the dataset's classes)
     mirror: bool = False                            # add x-flipped copies of the training images (official --mirror)
     class_groups: bool = False                      # conditional: each of D's minibatch-stddev groups holds one class
-                                                    # (reals and fakes), so D sees within-class collapse (not official)
+                                                    # (reals and fakes), so D sees within-class collapse (not official);
+                                                    # with transition_kimg, from its end on (mixed groups before)
     transition_kimg: tuple[float, float] = (0.0, 0.0)  # conditional: [start, end] of transitional conditioning:
                                                     # labels blended from uniform to one-hot (`blend_labels`; not
                                                     # official); equal values: off
@@ -649,11 +650,15 @@ def train_generator(
     def class_weight() -> float:                  # transitional conditioning: the share of the label G and D see
         return transition_weight(cur_nimg / 1000, *cfg.transition_kimg)
 
+    def grouped_now() -> bool:                    # class_groups hold once the labels are one-hot: while G and D
+        return cfg.class_groups and class_weight() >= 1.0   # see blended labels, groups of one class would ask an
+                                                    # (in part) unconditional G for one class's low variety
+
     def latents(n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         z = torch.randn(n, G.z_dim, device=dev)
         if c_pool is None:
             return z, None
-        if cfg.class_groups and n % group == 0:   # one class per minibatch-stddev group (strided, see `ungroup`)
+        if grouped_now() and n % group == 0:      # one class per minibatch-stddev group (strided, see `ungroup`)
             c = c_pool[torch.randint(len(c_pool), (n // group,))].repeat(group, 1)
         else:
             c = c_pool[torch.randint(len(c_pool), (n,))]
@@ -710,6 +715,9 @@ def train_generator(
             real, labels = batch["image"], batch["label"]
             if cfg.class_groups:                  # [B, G, ...] groups of one class -> D's strided groups
                 real, labels = ungroup(real), ungroup(labels)
+                if not grouped_now():             # during transitional conditioning: groups of mixed classes
+                    order = torch.randperm(len(labels)).to(labels.device)
+                    real, labels = real[order], labels[order]
             real_c = blend_labels(F.one_hot(labels, c_dim).float(), class_weight()) if c_dim else None
 
             # Gmain: non-saturating loss on fresh fakes; D frozen, gradients flow through it and the pipe.
