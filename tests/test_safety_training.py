@@ -225,6 +225,19 @@ def test_resume_allows_logging_and_checkpoint_cadence_and_records_them(tmp_path,
     assert [int(r["step"]) for r in csv_rows(out)] == [1, 2, 3, 4, 6, 8, 10]
 
 
+def test_a_run_started_before_a_field_existed_resumes_with_its_default(tmp_path):
+    """A key the checkpoint's config lacks (a field a later viscoin added) is its default; another value is refused."""
+    out = tmp_path / "run"
+    toy_train(toy_config(out), stop_at=5)
+    for path in [out / "config.yaml", *out.glob("checkpoints/step-*/config.yaml")]:   # as an older viscoin wrote it
+        saved = yaml.safe_load(path.read_text())
+        del saved["batch_size"]
+        path.write_text(yaml.safe_dump(saved))
+    with pytest.raises(ConfigError, match=r"batch_size \(4 -> 8\)"):            # the absent key is its default, 4
+        toy_train(toy_config(out, batch_size=8), resume=True)
+    assert toy_train(toy_config(out), resume=True) == 0.5 * sum(range(1, 11))
+
+
 def test_a_moved_run_folder_resumes(tmp_path):
     toy_train(toy_config(tmp_path / "a"), stop_at=5)
     (tmp_path / "a").rename(tmp_path / "b")

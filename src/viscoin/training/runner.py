@@ -199,10 +199,18 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def changed_config_keys(saved: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+def changed_config_keys(
+    saved: Mapping[str, Any],
+    current: Mapping[str, Any],
+    defaults: Mapping[str, Any] | None = None,   # the config class's defaults: a key `saved` lacks (a field added
+                                                 # by a later viscoin) counts as its default, the earlier behaviour
+) -> dict[str, tuple[Any, Any]]:
     """``{dotted key: (saved value, current value)}`` of every leaf that differs (a key missing on
-    one side counts as a change)."""
+    one side counts as a change, unless `defaults` has it)."""
     a, b = _flatten(saved), _flatten(current)
+    for key, value in _flatten(defaults or {}).items():
+        if key not in a and key in b:
+            a[key] = value
     return {k: (a.get(k, _ABSENT), b.get(k, _ABSENT)) for k in sorted(set(a) | set(b))
             if a.get(k, _ABSENT) != b.get(k, _ABSENT)}
 
@@ -212,9 +220,10 @@ def check_resume_config(
     current: Mapping[str, Any],        # the config given now (plain dict, YAML-normalised)
     may_change: Collection[str],       # dotted keys allowed to differ
     where: str,                        # the saved config's file, for the message
+    defaults: Mapping[str, Any] | None = None,  # the config class's defaults, for keys `saved` lacks
 ) -> list[str]:
     """The allowed keys that changed; a `ConfigError` naming every other changed key."""
-    changed = changed_config_keys(saved, current)
+    changed = changed_config_keys(saved, current, defaults)
     refused = {k: v for k, v in changed.items() if k not in may_change}
     if refused:
         listed = ", ".join(f"{k} ({_short(old)} -> {_short(new)})" for k, (old, new) in refused.items())
@@ -412,7 +421,10 @@ class Runner:
         if not isinstance(saved, dict):
             raise CheckpointError(f"{saved_path}: expected the run's config (a mapping)")
         current = yaml.safe_load(yaml.safe_dump(config_to_dict(self.config), sort_keys=False))
-        changed = check_resume_config(saved, current, self._resume_may_change(), str(saved_path))
+        defaults = None
+        if dataclasses.is_dataclass(self.config):    # a run started before a field existed resumes with its default
+            defaults = yaml.safe_load(yaml.safe_dump(config_to_dict(type(self.config)()), sort_keys=False))
+        changed = check_resume_config(saved, current, self._resume_may_change(), str(saved_path), defaults)
         if changed:
             self.print(f"--resume: changed {', '.join(changed)} (allowed on resume)")
 
