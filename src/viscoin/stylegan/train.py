@@ -365,9 +365,9 @@ def blend_labels(c: torch.Tensor, weight: float) -> torch.Tensor:
     A variant of Shahbazi et al. (ICLR 2023, "Collapse by conditioning"), who add the class embedding to
     an unconditional G and D with a weight rising from 0 to 1. Blending the one-hot label towards the
     uniform vector does the same through the networks' own class inputs: at weight 0 every image gets
-    the mean class embedding, so G and D are unconditional and G learns the data's variety (pose, size,
-    facing) before the classes split it; at weight 1 the label is the one-hot one, and the networks keep
-    the official architecture and format.
+    the mean class embedding, so G and D are unconditional, meant to let G learn the data's variety
+    (pose, size, facing) before the classes split it; at weight 1 the label is the one-hot one, and the
+    networks keep the official architecture and format.
     """
     if weight >= 1.0:
         return c
