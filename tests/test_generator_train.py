@@ -4,6 +4,7 @@ and fine-tuning from the mock official pickle and from our own runs."""
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -37,6 +38,7 @@ from viscoin.stylegan.train import (
     blend_labels,
     ema_beta,
     lazy_adam,
+    mode_seeking_penalty,
     path_length_penalty,
     r1_penalty,
     resolve_config,
@@ -634,3 +636,30 @@ def test_transitional_conditioning_blends_the_labels_from_uniform_to_one_hot(tmp
         tiny(data, tmp_path / "x", "transition_kimg=[0,10]")
     with pytest.raises(ConfigError, match="transition_kimg: expected"):
         tiny(data, tmp_path / "x", "conditional=true", "transition_kimg=[10,5]")
+
+
+def test_mode_seeking_penalty_rewards_different_drawings_of_one_class_not_a_tint(shapes, tmp_path):
+    """1 / (d_img / d_z + eps) over the same-class pairs (i, i + N/2); a background tint is no difference."""
+    z = torch.zeros(4, 8)
+    z[2:] = 1.0                                                                  # d_z = 1 for both pairs
+    bird = torch.full((1, 3, 32, 32), -0.5)
+    bird[:, 0, 8:16, 8:20] = 0.9
+    tinted = torch.where(bird == -0.5, torch.tensor(0.3), bird)                 # only the background changes
+    moved = torch.roll(bird, shifts=(10, 6), dims=(2, 3))
+    same_tint = mode_seeking_penalty(torch.cat([bird, bird, tinted, tinted]), z, None)
+    same_move = mode_seeking_penalty(torch.cat([bird, bird, moved, moved]), z, None)
+    d_move = 2 * 24 * 1.4 / 768                                                  # mean |difference| of the features
+    assert float(same_move) == pytest.approx(1 / (d_move + 1e-5), rel=1e-4)
+    assert float(same_tint) > 1.5 * float(same_move)
+    # only pairs of one class count; none: None
+    c = torch.eye(3)[[0, 1, 0, 2]]
+    assert float(mode_seeking_penalty(torch.cat([bird, bird, moved, tinted]), z, c)) == pytest.approx(float(same_move))
+    assert mode_seeking_penalty(torch.cat([bird, bird, moved, moved]), z, torch.eye(4)) is None
+    # in training: logged, with a gradient into G
+    out = tmp_path / "seeking"
+    train_generator(tiny(shapes, out, "kimg=0.048", "loss.mode_seeking=0.01", "run.log_every=1"))
+    rows = list(csv.DictReader(open(out / "logs" / "csv" / "metrics.csv")))
+    values = [float(r["loss/mode_seeking"]) for r in rows if r.get("loss/mode_seeking")]
+    assert len(values) == 6 and all(math.isfinite(v) and v > 0 for v in values)
+    with pytest.raises(ConfigError, match="loss.mode_seeking"):
+        tiny(shapes, out, "loss.mode_seeking=-1")

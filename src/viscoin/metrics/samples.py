@@ -56,6 +56,7 @@ from viscoin.metrics.ground_truth import (
     dataset_features,
     pooled_features,
 )
+from viscoin.utils.images import pixel_features
 from viscoin.utils.iteration import batches, load_images
 
 GROUP_SEPARATOR = "::"
@@ -149,20 +150,6 @@ def class_spread(features: torch.Tensor, labels: torch.Tensor, num_classes: int)
         n = x.shape[0]
         out.append(float(torch.pdist(x).mean()) if n >= 2 else None)          # n(n-1)/2 distances
     return out
-
-
-def pixel_features(images: torch.Tensor, size: int = 16) -> torch.Tensor:
-    """Images [N, 3, R, R] in [-1, 1] (clamped), average-pooled to `size` x `size`, less each image's
-    background colour (the per-channel median of its border pixels), flattened: [N, 3·size²].
-
-    Subtracting the border colour keeps a generator that varies only the background tint (a uniform
-    offset) from counting as diverse: what remains is the object's pose, size, shape and colours.
-    """
-    assert images.ndim == 4 and images.shape[1] == 3, images.shape
-    pooled = torch.nn.functional.adaptive_avg_pool2d(images.float().clamp(-1, 1), size)    # [N, 3, s, s]
-    border = torch.cat([pooled[:, :, 0], pooled[:, :, -1], pooled[:, :, 1:-1, 0], pooled[:, :, 1:-1, -1]], dim=2)
-    background = border.median(dim=2).values                                                 # [N, 3]
-    return (pooled - background[:, :, None, None]).flatten(1)
 
 
 def _share(flags: torch.Tensor) -> float | None:

@@ -57,7 +57,7 @@ from viscoin.training.runner import CONFIG_NAME, Runner
 from viscoin.training.state import latest_checkpoint, load_train_state
 from viscoin.utils.config import ConfigError, DictConfig
 from viscoin.utils.fid import InceptionFeatures, fid_from_features
-from viscoin.utils.images import image_grid, save_image, to_uint8
+from viscoin.utils.images import image_grid, pixel_features, save_image, to_uint8
 from viscoin.utils.io import CheckpointError, claim_empty_folder, write_json
 
 AUTO = "auto"
@@ -76,12 +76,16 @@ class GanLossConfig(DictConfig):
     pl_batch_shrink: int = 2                        # path-length batch = per-device batch // this
     pl_decay: float = 0.01                          # decay of the running mean path length
     style_mixing_prob: float = 0.9                  # probability of mixing two latents in a G forward
+    mode_seeking: float = 0.0                       # weight of the mode-seeking term on G (`mode_seeking_penalty`;
+                                                    # not official; 0: off)
     G_reg_interval: int = 4                         # path-length phase every N iterations (lazy)
     D_reg_interval: int = 16                        # R1 phase every N iterations (lazy)
 
     def __post_init__(self) -> None:
         if self.r1_gamma != AUTO and self.r1_gamma < 0:
             raise ConfigError(f"loss.r1_gamma: expected >= 0, got {self.r1_gamma}")
+        if not self.mode_seeking >= 0:
+            raise ConfigError(f"loss.mode_seeking: expected >= 0, got {self.mode_seeking}")
         if self.pl_weight < 0 or not 0 <= self.style_mixing_prob <= 1:
             raise ConfigError("loss.pl_weight: expected >= 0; loss.style_mixing_prob: expected in [0, 1]")
         if min(self.pl_batch_shrink, self.G_reg_interval, self.D_reg_interval) < 1:
@@ -372,6 +376,34 @@ def blend_labels(c: torch.Tensor, weight: float) -> torch.Tensor:
     if weight >= 1.0:
         return c
     return c * weight + (1.0 - weight) / c.shape[1]
+
+
+def mode_seeking_penalty(
+    fake: torch.Tensor,                 # [N, 3, R, R] generated images
+    z: torch.Tensor,                    # [N, z_dim] their latents
+    c: torch.Tensor | None,             # [N, C] their labels, or None (unconditional)
+    eps: float = 1e-5,
+) -> torch.Tensor | None:
+    """Mode seeking (after Mao et al., CVPR 2019, MSGAN): ``1 / (d(G(z1), G(z2)) / d(z1, z2) + eps)``, the
+    mean over the pairs (i, i + N/2) of the batch with the same label; None when no pair has one.
+
+    Image distances are mean absolute differences of `pixel_features` (16x16 pixels less each image's
+    background colour), so a G cannot lower the term by varying only a uniform tint: it has to move, size
+    or shape what it draws differently for different z. With `class_groups` every pair shares a class.
+    """
+    assert fake.ndim == 4 and z.ndim == 2 and len(fake) == len(z), (fake.shape, z.shape)
+    half = len(z) // 2
+    if half == 0:
+        return None
+    same = torch.ones(half, dtype=torch.bool, device=z.device)
+    if c is not None:
+        same = (c[:half] == c[half : 2 * half]).all(dim=1)
+    if not bool(same.any()):
+        return None
+    feats = pixel_features(fake)
+    d_img = (feats[:half] - feats[half : 2 * half]).abs().mean(dim=1)
+    d_z = (z[:half] - z[half : 2 * half]).abs().mean(dim=1)
+    return (1.0 / (d_img / d_z + eps))[same].mean()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -728,9 +760,13 @@ def train_generator(
             fake, _ = G_ddp(z, c)
             fake_logits = run_D(D, pipe, fake, c, fp16)
             loss_G = F.softplus(-fake_logits).mean()
+            note("loss/G", loss_G)
+            seeking = mode_seeking_penalty(fake, z, c) if cfg.loss.mode_seeking > 0 else None
+            if seeking is not None:
+                note("loss/mode_seeking", seeking)
+                loss_G = loss_G + cfg.loss.mode_seeking * seeking
             runner.fabric.backward(loss_G)
             finish_step(opt_G, G)
-            note("loss/G", loss_G)
 
             # Greg: lazy path-length regularisation on a smaller batch, x G_reg_interval.
             if pl_weight > 0 and batch_idx % G_reg == 0:

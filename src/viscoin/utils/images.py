@@ -33,6 +33,20 @@ def image_grid(images: np.ndarray, ncols: int | None = None, pad: int = 0, pad_v
     return grid
 
 
+def pixel_features(images: torch.Tensor, size: int = 16) -> torch.Tensor:
+    """Images [N, 3, R, R] in [-1, 1] (clamped), average-pooled to `size` x `size`, less each image's
+    background colour (the per-channel median of its border pixels), flattened: [N, 3·size²].
+
+    Subtracting the border colour keeps a generator that varies only the background tint (a uniform
+    offset) from counting as diverse: what remains is the object's pose, size, shape and colours.
+    """
+    assert images.ndim == 4 and images.shape[1] == 3, images.shape
+    pooled = torch.nn.functional.adaptive_avg_pool2d(images.float().clamp(-1, 1), size)    # [N, 3, s, s]
+    border = torch.cat([pooled[:, :, 0], pooled[:, :, -1], pooled[:, :, 1:-1, 0], pooled[:, :, 1:-1, -1]], dim=2)
+    background = border.median(dim=2).values                                                 # [N, 3]
+    return (pooled - background[:, :, None, None]).flatten(1)
+
+
 def image_format(path: str | os.PathLike) -> str:
     """PIL's format name for `path`'s suffix ("PNG", "JPEG", ...); ValueError naming the file otherwise."""
     from PIL import Image
