@@ -423,7 +423,10 @@ class Runner:
         current = yaml.safe_load(yaml.safe_dump(config_to_dict(self.config), sort_keys=False))
         defaults = None
         if dataclasses.is_dataclass(self.config):    # a run started before a field existed resumes with its default
-            defaults = yaml.safe_load(yaml.safe_dump(config_to_dict(type(self.config)()), sort_keys=False))
+            try:
+                defaults = yaml.safe_load(yaml.safe_dump(config_to_dict(type(self.config)()), sort_keys=False))
+            except (TypeError, ValueError):          # a config class without defaults: absent keys stay changes
+                defaults = None
         changed = check_resume_config(saved, current, self._resume_may_change(), str(saved_path), defaults)
         if changed:
             self.print(f"--resume: changed {', '.join(changed)} (allowed on resume)")
