@@ -489,6 +489,34 @@ def test_resume_may_extend_kimg_and_train_exactly_as_the_longer_run(shapes, tmp_
         train_generator(tiny(shapes, run, "kimg=0.48", "loss.r1_gamma=3", *args), resume=True)
 
 
+def test_resume_does_not_need_an_init_source_that_is_gone(shapes, tmp_path):
+    """A fine-tuning run's weights are in its checkpoints: it resumes, exactly, after its init.source was moved
+    away, unless init.architecture=source (the networks' shapes come from the source; the error says so)."""
+    args = ("run.ckpt_every=5", "augment.kimg=1", "samples.every_kimg=0")
+    source = tmp_path / "source"
+    train_generator(tiny(shapes, source, "kimg=0.08", *args))
+    straight = tmp_path / "straight"
+    train_generator(tiny(shapes, straight, f"init.source={source}", "kimg=0.32", *args))
+    run = tmp_path / "run"
+    train_generator(tiny(shapes, run, f"init.source={source}", "kimg=0.16", *args))
+    source.rename(tmp_path / "moved")
+    out = train_generator(tiny(shapes, run, f"init.source={source}", "kimg=0.32", *args), resume=True)
+    assert out["kimg"] == pytest.approx(0.32)
+    for name in ("G_ema", "G", "D"):
+        a, b = weights(straight / name), weights(run / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    # A fresh run still needs its source, and so does a resumed one that builds its networks from it.
+    with pytest.raises(ConfigError, match="init.source"):
+        train_generator(tiny(shapes, tmp_path / "fresh", f"init.source={source}", "kimg=0.16", *args))
+    (tmp_path / "moved").rename(source)
+    arch = tmp_path / "arch"
+    train_generator(tiny(shapes, arch, f"init.source={source}", "init.architecture=source", "kimg=0.16", *args))
+    source.rename(tmp_path / "moved")
+    with pytest.raises(ConfigError, match="--resume still needs it because init.architecture=source"):
+        train_generator(tiny(shapes, arch, f"init.source={source}", "init.architecture=source", "kimg=0.32", *args),
+                        resume=True)
+
+
 def test_export_writes_the_latest_checkpoints_generator(shapes, tmp_path, capsys):
     """`viscoin generator export RUN --out DIR`: G_ema (or G) of the last checkpoint, as the end of training writes it."""
     run = tmp_path / "run"

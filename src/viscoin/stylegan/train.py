@@ -490,6 +490,25 @@ def read_init_source(path: str) -> InitSource:
                       "run) or a generator folder (config.json + weights.safetensors)")
 
 
+def init_source_of_run(cfg: GeneratorTrainConfig, resume: bool) -> InitSource | None:
+    """The fine-tuning source a run reads: none when it resumes from a checkpoint and builds its networks
+    from the config (the weights then come from the checkpoint, so a source moved or deleted since the
+    start does not stop the run); with ``init.architecture=source`` the networks' shapes come from the
+    source, which is then needed on resume too."""
+    if not cfg.init.source:
+        return None
+    resuming = resume and latest_checkpoint(Path(cfg.run.out_dir) / "checkpoints") is not None
+    if resuming and cfg.init.architecture == "config":
+        return None
+    try:
+        return read_init_source(cfg.init.source)
+    except (OSError, ConfigError) as exc:
+        if resuming:
+            raise ConfigError(f"init.source {cfg.init.source}: cannot be read ({exc}); --resume still needs it "
+                              "because init.architecture=source builds the networks from it") from exc
+        raise
+
+
 @torch.no_grad()
 def copy_by_name(dst: nn.Module, src: nn.Module, where: str) -> list[str]:
     """Copy each parameter and buffer of `src` whose name exists in `dst` (§2.6); returns the names left alone."""
@@ -607,7 +626,7 @@ def train_generator(
     overwrite: bool = False,     # replace the run in run.out_dir (refused otherwise)
 ) -> dict[str, Any]:
     """Train (or fine-tune) G and D; returns the final metrics. See the module docstring for outputs."""
-    source = read_init_source(cfg.init.source) if cfg.init.source else None
+    source = init_source_of_run(cfg, resume)
     num_classes = build_dataset(cfg.data, "train", augment=False).num_classes
     cfg = resolve_config(cfg, num_classes, source)
     train_set = build_dataset(cfg.data, "train", augment=False)
