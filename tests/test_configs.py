@@ -52,9 +52,18 @@ def run_classifier(name: str, setup: dict[str, Path], out: Path) -> dict:
 
 
 def run_generator(name: str, setup: dict[str, Path], out: Path) -> dict:
+    """One tiny step of a shipped generator config. A stage that fine-tunes another shipped config's run
+    (`init.source: runs/<that config>`, the birds stages) starts from a tiny run of that config first."""
+    extra = []
+    source = load_config(GeneratorTrainConfig, name, family="generator").init.source
+    if source:
+        previous = Path(source).name
+        assert Path(source) == Path("runs") / previous and previous in shipped_config_names("generator"), source
+        run_generator(previous, setup, out.parent / previous)
+        extra.append(f"init.source={json.dumps(str(out.parent / previous))}")
     cfg = load_config(GeneratorTrainConfig, name, [
         *data_overrides(setup["folder"], 16), "batch_size=4", "kimg=0.004", "fid.every_kimg=0",
-        "samples.grid=4", "discriminator.epilogue.mbstd_group_size=4",
+        "samples.grid=4", "discriminator.epilogue.mbstd_group_size=4", *extra,
         f"run.out_dir={json.dumps(str(out))}", "run.progress=false", "run.accelerator=cpu",
     ], family="generator")
     return train_generator(cfg)

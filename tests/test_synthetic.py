@@ -14,7 +14,9 @@ from viscoin.metrics.ground_truth import (
     class_defining,
     concept_alignment,
     roc_auc_matrix,
+    visualisation_correctness,
 )
+from viscoin.model.passes import Encoded
 from viscoin.utils.config import ConfigError
 
 
@@ -163,3 +165,56 @@ def test_attribute_probe_learns_linear_attributes():
     probe = AttributeProbe.fit(x[:300], attrs[:300])
     acc = ((probe.probabilities(x[300:]) > 0.5).float() == attrs[300:]).float().mean(dim=0)
     assert (acc > 0.95).all()
+
+
+class _CellModel:
+    """A stand-in concept model for `visualisation_correctness`: 2 concepts on 3x3 maps, 'decoding' returns
+    the maps themselves, and f's features are (concept 0's bottom-right cell, the sum of its other cells)."""
+
+    num_classes = 2
+    device = torch.device("cpu")
+
+    def relevance(self, phi, labels):
+        return phi.amax(dim=(2, 3))                           # concept 0 fires more: the most relevant
+
+    def decode(self, phi, support):
+        return phi
+
+    def classifier_features(self, x):
+        cells = x[:, 0].flatten(1)                            # concept 0's 9 cells
+        return {"logits": torch.stack([cells[:, 8], cells[:, :8].sum(dim=1)], dim=1)}
+
+
+def test_visualisation_correctness_sweeps_the_concepts_own_pattern_or_a_constant_map():
+    """Concept 0 only ever fires in its bottom-right cell, and the 'decoder' draws the attribute for that
+    cell alone and breaks when another cell is on (as an Ω that never saw those cells). The paper's edit
+    (λ times the concept's strongest map) raises the attribute; a constant map breaks the picture."""
+    n = 8
+    phi = torch.zeros(n, 2, 3, 3)
+    phi[:4, 0, 2, 2] = torch.tensor([1.0, 2.0, 0.5, 3.0])    # images 0-3 show the attribute, x* = image 3
+    phi[:, 1] = 0.1
+    enc = Encoded(indices=torch.arange(10, 10 + n), labels=torch.tensor([0, 0, 0, 0, 1, 1, 1, 1]), phi=phi,
+                  support=None, logits_g=torch.zeros(n, 2))
+    attrs = torch.zeros(10 + n, 1)
+    attrs[10:14] = 1
+    images = type("Images", (), {"attributes": attrs})()
+    # P(attribute) = sigmoid(4·(bottom-right − 1) − 50·(sum of the others)): drawn for cell >= ~1.5, alone.
+    probe = AttributeProbe(torch.tensor([[4.0], [-50.0]], dtype=torch.float64), torch.tensor([-4.0], dtype=torch.float64),
+                           torch.zeros(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64))
+    alignment = {"auc": torch.tensor([[1.0, 0.5]]), "attributes": [{"attribute": "has_x"}]}
+    lambdas = (0.0, 1.0, 2.0, 4.0)
+    out = visualisation_correctness(_CellModel(), enc, enc, images, probe, alignment, lambdas, top_concepts=1,
+                                    num_images=3)
+    (c,) = out["concepts"]
+    assert out["edit"] == "pattern" and c["concept"] == 0 and c["attribute"] == "has_x" and c["images"] == 3
+    assert c["pattern"] == [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 3.0]] and c["pattern_source"] == 13
+    expected = [float(torch.sigmoid(torch.tensor(4.0 * (lam * 3.0 - 1.0)))) for lam in lambdas]
+    assert [c["probability"][lam] for lam in lambdas] == pytest.approx(expected, abs=1e-6)
+    assert c["gain"] == pytest.approx(expected[-1] - expected[0], abs=1e-6) and c["correct"] and out["correct"] == 1.0
+    const = visualisation_correctness(_CellModel(), enc, enc, images, probe, alignment, lambdas, top_concepts=1,
+                                      num_images=3, edit="constant")
+    (c,) = const["concepts"]
+    assert const["edit"] == "constant" and c["pattern"] == [[3.0] * 3] * 3 and c["pattern_source"] is None
+    assert c["probability"][4.0] < 1e-6 and not c["correct"] and const["correct"] == 0.0
+    with pytest.raises(ValueError, match="edit: expected one of"):
+        visualisation_correctness(_CellModel(), enc, enc, images, probe, alignment, lambdas, edit="mean")

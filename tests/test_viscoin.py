@@ -12,6 +12,7 @@ from viscoin.model import LossConfig, VisCoIN, VisCoINConfig, load_viscoin, save
 from viscoin.model.perceptual import build_perceptual
 from viscoin.model.train import training_losses
 from viscoin.stylegan.generator import random_labels
+from viscoin.utils.config import ConfigError
 from viscoin.utils.io import CheckpointError
 
 
@@ -88,6 +89,43 @@ def test_omega_is_linear_in_each_concept():
             expected = torch.zeros_like(contrib) if model.omega.from_support[i] else (lam - 1) * contrib
             assert torch.allclose(moved[:, i] - base[:, i], expected, atol=1e-5)
     assert model.omega.from_support == [True, True, True, False, False, False, True, True]
+
+
+def test_zero_initialised_omega_keeps_cells_that_never_fire_out_of_the_latents():
+    """omega_init=zeros: a concept-map cell that is 0 on every training input gets no gradient, so its Ω
+    weights stay 0 under Adam, and a constant-map edit (consistency, ground truth) moves W+ only through
+    the cells that fired; with PyTorch's default init those weights stay random."""
+    from viscoin.model.concepts import ConceptTranslator
+    torch.manual_seed(0)
+    target = torch.randn(16, 3, 8)
+    phi = torch.rand(16, 2, 3, 3)
+    phi[:, 0, 0, :] = 0                                        # concept 0's top row never fires
+    dead = torch.zeros(2, 3, 3, dtype=torch.bool)
+    dead[0, 0, :] = True
+    for init in ("zeros", "default"):
+        omega = ConceptTranslator(2, 3, 8, use_support=False, init=init)
+        if init == "zeros":
+            assert all(not layer.weight.any() and not layer.bias.any() for layer in omega.layers)
+        opt = torch.optim.Adam(omega.parameters(), lr=1e-2)
+        for _ in range(20):
+            opt.zero_grad()
+            (omega(phi, None) - target).square().mean().backward()
+            opt.step()
+        for layer in omega.layers:
+            assert layer.weight[:, ~dead.flatten()].abs().min(dim=0).values.gt(0).all()      # the live cells learnt
+            assert (layer.weight[:, dead.flatten()] == 0).all() == (init == "zeros")
+        const = phi.clone()
+        const[:, 0] = 5.0                                      # φ_0 set to a constant map
+        live_only = const.masked_fill(dead, 0.0)
+        with torch.no_grad():
+            same = torch.equal(omega(const, None), omega(live_only, None))
+        assert same == (init == "zeros")
+    with pytest.raises(ValueError, match="Ω init"):
+        ConceptTranslator(2, 3, 8, use_support=False, init="normal")
+    with pytest.raises(ConfigError, match="model.omega_init"):
+        VisCoINConfig(omega_init="normal")
+    model = VisCoIN(VisCoINConfig(num_concepts=4, adapter_channels=8, omega_init="zeros"), tiny_f(), tiny_G(32), 32)
+    assert all(not layer.weight.any() for layer in model.omega.layers)
 
 
 def test_no_support_branch_ablation():

@@ -9,6 +9,7 @@ from typing import Any
 
 from viscoin.cli.common import add_am_argument, am_config, check_writable, finite_float, non_negative_int, positive_int
 from viscoin.metrics.evaluate import METRICS, EvaluateConfig, evaluate_checkpoint, markdown_tables
+from viscoin.metrics.ground_truth import SWEEP_EDITS
 from viscoin.utils.device import resolve_device
 from viscoin.model.loading import read_model_info
 from viscoin.utils.io import refuse_existing, write_json
@@ -60,6 +61,10 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
                              f"<= 1-P or >= P (default: {d.gt_purity}; lower it for noisy labels such as CUB's)")
     parser.add_argument("--gt-images", type=positive_int, default=d.gt_images,
                         help=f"ground truth: images per judged sweep (default: {d.gt_images})")
+    parser.add_argument("--gt-edit", choices=SWEEP_EDITS, default=d.gt_edit,
+                        help="ground truth: the map a judged sweep gives the concept, λ times its map on the test image "
+                             "where it fires most (pattern) or the constant λ·φ_max (constant; consistency's edit) "
+                             f"(default: {d.gt_edit})")
     parser.add_argument("--vis-fid-pairs", type=int, default=d.vis_fid_pairs,
                         help="visualisation FID: relevant class-concept pairs drawn, 3 maximally activating samples "
                              f"each (default: {d.vis_fid_pairs}, the paper's)")
@@ -76,7 +81,7 @@ def config_from_args(args: argparse.Namespace) -> EvaluateConfig:
         max_concepts=args.max_concepts, fid_features=args.fid_features, inception_path=args.inception,
         lpips=not args.no_lpips, lpips_vgg_path=args.lpips_vgg, batch_size=args.batch_size, seed=args.seed,
         progress=not args.no_progress, max_test_samples=args.max_test, max_train_samples=args.max_train,
-        gt_concepts=args.gt_concepts, gt_images=args.gt_images, gt_purity=args.gt_purity,
+        gt_concepts=args.gt_concepts, gt_images=args.gt_images, gt_purity=args.gt_purity, gt_edit=args.gt_edit,
         vis_fid_pairs=args.vis_fid_pairs, am=am_config(args),
     )
 

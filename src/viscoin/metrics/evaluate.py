@@ -32,7 +32,7 @@ from viscoin.interpret.visualise import LAMBDA_MAX, ActivationMaximisationConfig
 from viscoin.metrics.consistency import DEFAULT_C_GRID, consistency
 from viscoin.metrics.faithfulness import faithfulness
 from viscoin.metrics.fidelity import fidelity_pass
-from viscoin.metrics.ground_truth import ground_truth_metrics
+from viscoin.metrics.ground_truth import SWEEP_EDITS, ground_truth_metrics
 from viscoin.metrics.visualisation_fid import visualisation_fid
 from viscoin.model.contract import ConceptModel
 from viscoin.model.loading import load_trained
@@ -77,6 +77,7 @@ class EvaluateConfig(DictConfig):
     gt_concepts: int = 10                                  # ground truth: most relevant concepts judged
     gt_images: int = 16                                    # ground truth: images swept per concept
     gt_min_gain: float = 0.1                               # ground truth: probe gain that makes a sweep correct
+    gt_edit: str = "pattern"                               # ground truth: the swept map, λ·φ_k(x*) or λ·φ_max ("constant")
     vis_fid_pairs: int = 400                               # visualisation FID: relevant class-concept pairs drawn (C.2)
     vis_fid_per_pair: int = 3                              # visualisation FID: maximally activating samples per pair
     vis_fid_lambda: float = LAMBDA_MAX                     # visualisation FID: λ of decoder visualisations (VisCoIN's largest)
@@ -98,6 +99,8 @@ class EvaluateConfig(DictConfig):
         if len(self.gt_lambdas) < 2 or self.gt_concepts < 1 or self.gt_images < 1:
             raise ConfigError("evaluate.gt_lambdas / gt_concepts / gt_images: expected >= 2 λ values and >= 1 "
                               f"concept and image, got {list(self.gt_lambdas)}, {self.gt_concepts}, {self.gt_images}")
+        if self.gt_edit not in SWEEP_EDITS:
+            raise ConfigError(f"evaluate.gt_edit: expected one of {list(SWEEP_EDITS)}, got {self.gt_edit!r}")
         if self.fid_features not in ("inception", "classifier", "none"):
             raise ConfigError(f"evaluate.fid_features: expected inception, classifier or none, got {self.fid_features!r}")
 
@@ -203,7 +206,7 @@ def evaluate_model(
         result["ground_truth"] = ground_truth_metrics(
             model, train_set, test_set, train_enc, test_enc, purity=cfg.gt_purity, lambdas=cfg.gt_lambdas,
             top_concepts=cfg.gt_concepts, num_images=cfg.gt_images, min_gain=cfg.gt_min_gain,
-            batch_size=cfg.batch_size, progress=cfg.progress, seed=cfg.seed,
+            batch_size=cfg.batch_size, progress=cfg.progress, seed=cfg.seed, edit=cfg.gt_edit,
         )
         timings["ground_truth"] = time.perf_counter() - start
 

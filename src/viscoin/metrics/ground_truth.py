@@ -17,15 +17,26 @@ They need binary attribute labels per image: the synthetic birds' 17 factor valu
    f's spatially averaged taps, trained on the training split, its test accuracy reported) judges
    what the decoder draws for a concept: for each of the `top_concepts` most relevant concepts
    (largest global relevance max_c r_{k,c}), take its best-aligned attribute a* and `num_images`
-   test images that do *not* have a* (seeded choice), and generate them with φ_k set to the
-   constant map λ·φ_max (φ_max: the concept's largest activation on the test split; the edit of
-   the consistency metric; everything else fixed) for each λ. λ = 0 removes the concept; raising
-   λ adds more and more of it. The concept's visualisation is *correct* when the probe's mean
-   probability of a* rises by at least `min_gain` from the smallest to the largest λ: drawing the
-   concept draws its attribute. (Scaling φ_k on images that already show a* cannot be judged:
+   test images that do *not* have a* (seeded choice), and generate them with φ_k replaced by λ
+   times the concept's *pattern* (everything else fixed) for each λ. λ = 0 removes the concept;
+   raising λ adds more and more of it. The concept's visualisation is *correct* when the probe's
+   mean probability of a* rises by at least `min_gain` from the smallest to the largest λ: drawing
+   the concept draws its attribute. (Scaling φ_k on images that already show a* cannot be judged:
    the probe is saturated there and other concepts often carry the same attribute.) Reported: the
-   share of correct concepts, the mean gain, and per concept: a*, its AUC and the mean
-   probability at each λ.
+   share of correct concepts, the mean gain, and per concept: a*, its AUC and the mean probability
+   at each λ.
+
+   The pattern (``edit``):
+   - ``"pattern"`` (default): the map φ_k(x*) [3, 3] of the test image x* where the concept fires
+     most (largest pooled activation). λ·φ_k(x*) is the paper's visualisation edit (section 3.5:
+     multiply φ_j(x) by λ, reliable up to λ = 3-4) applied to the concept's strongest activation,
+     moved onto an image that lacks it: its spatial layout is one Ψ produces, and λ = 1 puts in
+     exactly the activation that image had.
+   - ``"constant"``: the constant map λ·φ_max (φ_max: the concept's largest activation on the test
+     split), the edit of the consistency metric. Ψ never produces such a map (in the demo a concept
+     fires in 4-8 of its 9 cells, most often 4, around one peak), so it feeds Ω an input it never
+     saw in training: on the synthetic birds its λ = 2-4 images are blobs whose colours the probe
+     still reads, and a concept's sweep can rise at λ = 1 and collapse at λ = 4.
 """
 
 from __future__ import annotations
@@ -43,6 +54,7 @@ from viscoin.model.relevance import global_relevance
 from viscoin.utils.iteration import batches, load_images, progress_bar
 
 CAPTURE_AUC = 0.9
+SWEEP_EDITS = ("pattern", "constant")   # what φ_k becomes in a judged sweep (module docstring, 2.)
 
 
 # ==================================================================== alignment
@@ -203,11 +215,14 @@ def visualisation_correctness(
     batch_size: int = 64,
     progress: bool = False,
     seed: int = 0,                       # seeds the choice of images
+    edit: str = "pattern",               # what φ_k becomes: λ·φ_k(x*) ("pattern") or λ·φ_max ("constant")
 ) -> dict[str, Any]:
     """See the module docstring (2.). λ values are used sorted; the gain is p(λ_max) - p(λ_min)."""
     lams = sorted(float(v) for v in lambdas)
     if len(lams) < 2:
         raise ValueError(f"lambdas: expected at least two values, got {list(lambdas)}")
+    if edit not in SWEEP_EDITS:
+        raise ValueError(f"edit: expected one of {list(SWEEP_EDITS)}, got {edit!r}")
     device = model.device
     auc = alignment["auc"]                                                       # [A, K]
     names = [r["attribute"] for r in alignment["attributes"]]
@@ -223,12 +238,14 @@ def visualisation_correctness(
         absent = torch.nonzero(test_attrs[:, a] == 0).flatten()
         rows = absent[torch.randperm(len(absent), generator=gen)[:num_images]].sort().values
         phi_max = float(test_enc.phi[:, k].amax())
+        source = int(test_enc.phi[:, k].amax(dim=(1, 2)).argmax())               # x*: where k fires most
+        pattern = test_enc.phi[source, k] if edit == "pattern" else torch.full_like(test_enc.phi[0, k], phi_max)
         phi = test_enc.phi[rows].to(device)
         support = None if test_enc.support is None else test_enc.support[rows].to(device)
         means = []
         for lam in lams:
             edited = phi.clone()
-            edited[:, k] = lam * phi_max
+            edited[:, k] = lam * pattern.to(device)
             probs = []
             for sl in batches(len(rows), batch_size):
                 img = model.decode(edited[sl], None if support is None else support[sl])
@@ -237,10 +254,12 @@ def visualisation_correctness(
         gain = means[-1] - means[0]
         concepts.append({"concept": k, "relevance": float(global_rel[:, k].max()), "attribute": names[a],
                          "auc": float(auc[a, k]), "images": len(rows), "phi_max": phi_max,
+                         "pattern": pattern.tolist(),                               # [3, 3] at λ = 1
+                         "pattern_source": int(test_enc.indices[source]) if edit == "pattern" else None,
                          "probability": dict(zip(lams, means)), "gain": gain,
                          "correct": bool(gain >= min_gain)})
     correct = [c["correct"] for c in concepts]
-    return {"lambdas": lams, "min_gain": min_gain, "concepts": concepts,
+    return {"lambdas": lams, "min_gain": min_gain, "edit": edit, "concepts": concepts,
             "correct": float(np.mean(correct)) if correct else None,
             "mean_gain": float(np.mean([c["gain"] for c in concepts])) if concepts else None}
 
@@ -259,6 +278,7 @@ def ground_truth_metrics(
     batch_size: int = 64,
     progress: bool = False,
     seed: int = 0,
+    edit: str = "pattern",
 ) -> dict[str, Any]:
     """Alignment, the probe's accuracy and visualisation correctness; JSON-serialisable."""
     names = list(test_set.attribute_names)
@@ -274,7 +294,7 @@ def ground_truth_metrics(
                                   progress)
     accuracy = ((probe.probabilities(test_feats) > 0.5).float() == test_attrs).float().mean(dim=0)
     vis = visualisation_correctness(model, train_enc, test_enc, test_set, probe, alignment, lambdas,
-                                    top_concepts, num_images, min_gain, batch_size, progress, seed)
+                                    top_concepts, num_images, min_gain, batch_size, progress, seed, edit)
     alignment = {k: v for k, v in alignment.items() if k != "auc"}
     probe_acc = {name: float(v) for name, v in zip(names, accuracy)}
     defining_acc = [probe_acc[n] for n, d in zip(names, defining) if d]

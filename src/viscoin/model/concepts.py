@@ -147,6 +147,7 @@ class ConceptTranslator(nn.Module):
         use_support: bool = True, # whether Φ' exists
         support_first: int = 3,   # leading W+ vectors predicted from Φ'
         support_last: int = 2,    # trailing W+ vectors predicted from Φ'
+        init: str = "default",    # "default": PyTorch's uniform init; "zeros": all weights and biases 0 (below)
     ) -> None:
         super().__init__()
         if use_support and support_first + support_last >= num_ws:
@@ -161,6 +162,12 @@ class ConceptTranslator(nn.Module):
             use_support and (i < support_first or i >= num_ws - support_last) for i in range(num_ws)
         ]
         self.layers = nn.ModuleList(nn.Linear(in_features, w_dim) for _ in range(num_ws))
+        if init == "zeros":
+            for layer in self.layers:
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
+        elif init != "default":
+            raise ValueError(f"Ω init: expected 'default' or 'zeros', got {init!r}")
 
     def forward(self, phi: torch.Tensor, support: torch.Tensor | None) -> torch.Tensor:
         """Offsets from w̄: [N, num_ws, w_dim]."""

@@ -64,6 +64,7 @@ class VisCoINConfig(DictConfig):
     dropout: float = 0.01            # dropout on Φ in Θ
     predictor_bias: bool = False     # Θ with a bias per class (the paper's g has none)
     train_noise: Literal["const", "random"] = "const"  # G's per-pixel noise in training passes (below)
+    omega_init: Literal["default", "zeros"] = "default"  # Ω's initial weights (`ConceptTranslator`)
 
     def __post_init__(self) -> None:
         check_num_concepts(self.num_concepts)
@@ -71,6 +72,8 @@ class VisCoINConfig(DictConfig):
             raise ConfigError(f"model.adapter_channels: expected in [1, {MAX_CONCEPTS}], got {self.adapter_channels}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"model.dropout: expected in [0, 1), got {self.dropout}")
+        if self.omega_init not in ("default", "zeros"):
+            raise ConfigError(f"model.omega_init: expected default or zeros, got {self.omega_init!r}")
 
 
 class TrainingPass(NamedTuple):
@@ -105,7 +108,8 @@ class VisCoIN(ConceptModel):
         self.psi = ConceptExtractor(tap_shapes, config.num_concepts, config.adapter_channels, config.use_support)
         self.theta = ConceptPredictor(config.num_concepts, self.num_classes, config.dropout, config.predictor_bias)
         self.omega = ConceptTranslator(
-            config.num_concepts, self.num_ws, self.w_dim, config.use_support, config.support_first, config.support_last
+            config.num_concepts, self.num_ws, self.w_dim, config.use_support, config.support_first, config.support_last,
+            config.omega_init,
         )
 
     def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> VisCoIN:

@@ -2,8 +2,9 @@
 
 ``birds/classifier`` and ``birds/generator`` are the classifier f and the StyleGAN2 generator G of
 the synthetic birds (`viscoin.data.synthetic`), used by ``viscoin demo``. They were produced by
-viscoin's own commands with the shipped configs (``configs/classifier/birds.yaml``,
-``configs/generator/birds.yaml``; the README gives the exact command lines). Anywhere a
+viscoin's own commands with the shipped configs (``configs/classifier/birds.yaml``;
+``configs/generator/birds-stage1.yaml`` to ``birds-stage4.yaml``, four stages that each fine-tune the
+previous one; the README gives the exact command lines). Anywhere a
 classifier or generator folder is expected (``viscoin train classifier=...``, ``viscoin generator
 sample --generator ...``, ``viscoin classifier test ...``, ``init.source=...``), the name
 ``viscoin:birds/classifier`` can be given instead of a path; checkpoints record that name, so
