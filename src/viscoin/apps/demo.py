@@ -169,7 +169,8 @@ def run_comparison(
             _step(number, f"{family.upper()}: reusing the trained model in {model_dir}", total)
         else:
             resume = not fresh and latest_checkpoint(run_dir / "checkpoints") is not None
-            _step(number, f"{family.upper()}: training ({cfg.iterations} steps, K={cfg.model.num_concepts}, the same f)"
+            length = f"{cfg.iterations} steps" if cfg.iterations > 0 else f"{cfg.epochs} epochs"
+            _step(number, f"{family.upper()}: training ({length}, K={cfg.model.num_concepts}, the same f)"
                   + (" - resuming" if resume else ""), total)
             train_baseline(cfg, resume=resume, overwrite=fresh)
         print(f"      evaluating {family.upper()} with the same settings", flush=True)

@@ -34,9 +34,9 @@ They need binary attribute labels per image: the synthetic birds' 17 factor valu
      exactly the activation that image had.
    - ``"constant"``: the constant map λ·φ_max (φ_max: the concept's largest activation on the test
      split), the edit of the consistency metric. Ψ never produces such a map (in the demo a concept
-     fires in 4-8 of its 9 cells, most often 4, around one peak), so it feeds Ω an input it never
-     saw in training: on the synthetic birds its λ = 2-4 images are blobs whose colours the probe
-     still reads, and a concept's sweep can rise at λ = 1 and collapse at λ = 4.
+     fires in 4-8 of its 9 cells, most often 4), so it feeds Ω an input it never saw in training:
+     on the synthetic birds its λ = 2-4 images are blobs whose colours the probe still reads, and a
+     concept's sweep can rise at λ = 1 and collapse at λ = 4.
 """
 
 from __future__ import annotations
