@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import ListDataset, active_model, save_tiny_setup
+from viscoin.apps.demo import BASELINES, training_length
 from viscoin.cli import main
 from viscoin.interpret.explainer import ConceptExplainer
 from viscoin.interpret.visualise import (
@@ -28,6 +29,7 @@ from viscoin.model.contract import Encoding
 from viscoin.model.loading import load_trained
 from viscoin.model.passes import Encoded
 from viscoin.report.html import COMPARISON, write_comparison_page, write_report
+from viscoin.training.config import load_config
 from viscoin.utils.config import ConfigError
 from viscoin.utils.fid import ClassifierFeatures, fid_from_features
 from viscoin.utils.iteration import seeded_subset
@@ -384,3 +386,11 @@ def test_paper_claims_say_which_hold_with_the_numbers():
 def test_demo_compare_refuses_overrides(capsys):
     assert main(["demo", "--compare", "iterations=5"]) == 2
     assert "--compare runs the shipped configs" in capsys.readouterr().err
+
+
+def test_demo_compare_says_how_long_each_baseline_trains_in_its_own_unit():
+    flint = load_config(BASELINES["flint"], "birds", [], family="flint")
+    flaem = load_config(BASELINES["flaem"], "birds", [], family="flaem")
+    assert training_length(flint) == "400 steps"
+    assert training_length(flaem) == "10 epochs"          # FLAEM counts epochs: iterations is 0
+    assert training_length(load_config(BASELINES["flaem"], "birds", ["iterations=7"], family="flaem")) == "7 steps"

@@ -137,6 +137,12 @@ def run_demo(
 BASELINES = {"flint": FlintTrainConfig, "flaem": FlaemTrainConfig}   # family -> its training config
 
 
+def training_length(cfg: Any) -> str:
+    """How long a baseline config trains, as its trainer counts it: ``iterations`` steps when it is
+    positive, otherwise ``epochs`` passes over the training split (FLAEM's shipped config)."""
+    return f"{cfg.iterations} steps" if cfg.iterations > 0 else f"{cfg.epochs} epochs"
+
+
 def run_comparison(
     out: Path = DEFAULT_OUT,
     fresh: bool = False,
@@ -169,8 +175,7 @@ def run_comparison(
             _step(number, f"{family.upper()}: reusing the trained model in {model_dir}", total)
         else:
             resume = not fresh and latest_checkpoint(run_dir / "checkpoints") is not None
-            length = f"{cfg.iterations} steps" if cfg.iterations > 0 else f"{cfg.epochs} epochs"
-            _step(number, f"{family.upper()}: training ({length}, K={cfg.model.num_concepts}, the same f)"
+            _step(number, f"{family.upper()}: training ({training_length(cfg)}, K={cfg.model.num_concepts}, the same f)"
                   + (" - resuming" if resume else ""), total)
             train_baseline(cfg, resume=resume, overwrite=fresh)
         print(f"      evaluating {family.upper()} with the same settings", flush=True)
