@@ -9,6 +9,7 @@ import torch
 
 from conftest import tiny_f, tiny_G, tiny_model
 from viscoin.model import LossConfig, VisCoIN, VisCoINConfig, load_viscoin, save_viscoin, viscoin_losses
+from viscoin.model.concepts import ConceptTranslator
 from viscoin.model.perceptual import build_perceptual
 from viscoin.model.train import training_losses
 from viscoin.stylegan.generator import random_labels
@@ -95,7 +96,6 @@ def test_zero_initialised_omega_keeps_cells_that_never_fire_out_of_the_latents()
     """omega_init=zeros: a concept-map cell that is 0 on every training input gets no gradient, so its Ω
     weights stay 0 under Adam, and a constant-map edit (consistency, ground truth) moves W+ only through
     the cells that fired; with PyTorch's default init those weights stay random."""
-    from viscoin.model.concepts import ConceptTranslator
     torch.manual_seed(0)
     target = torch.randn(16, 3, 8)
     phi = torch.rand(16, 2, 3, 3)
