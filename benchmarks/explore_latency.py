@@ -12,7 +12,8 @@ a slider move shows the new image in under 1 second. Rows:
 
 Default model: the demo's architecture with random weights (speed does not depend on them): a
 ResNet18 of width 16 with 12 classes (full width where this viscoin has no `width`), a StyleGAN2
-at 64x64 with z = w = 128, channel_base 2048, channel_max 64 and 2 mapping layers, K = 64 concepts;
+at 64x64 with z = w = 128, channel_base 2048, channel_max 128 (the shipped birds generator's) and 2 mapping
+layers, K = 64 concepts;
 or a trained checkpoint with its data (`--checkpoint viscoin-demo/viscoin`).
 
     python benchmarks/explore_latency.py                     # 1 torch thread (the browser gets the other core)
@@ -55,7 +56,7 @@ def demo_like_model(k: int, classes: int, adapter: int):
     f = Classifier(ClassifierConfig(arch="resnet18", num_classes=classes, pretrained="none", **narrow),
                    load_pretrained=False)
     G = Generator(GeneratorConfig(z_dim=128, w_dim=128, img_resolution=64, mapping=MappingConfig(num_layers=2),
-                                  synthesis=SynthesisConfig(channel_base=2048, channel_max=64, num_fp16_res=0,
+                                  synthesis=SynthesisConfig(channel_base=2048, channel_max=128, num_fp16_res=0,
                                                             conv_clamp=None)))
     model = VisCoIN(VisCoINConfig(num_concepts=k, adapter_channels=adapter), f, G, resolution=64).eval()
     desc = (f"random demo-like VisCoIN: ResNet18 width {narrow.get('width', 64)}, {classes} classes; "
