@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from viscoin.model.loading import load_trained
+from viscoin.utils.config import ConfigError
+from viscoin.utils.io import CheckpointError
 from viscoin.utils.iteration import load_images
 
 FIT = 900          # test images the regression is fitted on; the rest score it
@@ -39,12 +41,17 @@ def main() -> None:
     if args.images <= FIT:
         parser.error(f"--images: expected more than {FIT}, got {args.images}")
     torch.set_grad_enabled(False)
-    trained = load_trained(args.model, (), "cpu")
+    try:
+        trained = load_trained(args.model, (), "cpu")
+    except (CheckpointError, ConfigError, FileNotFoundError) as err:
+        parser.error(str(err))
     model = trained.model.eval()
     if trained.data.kind != "synthetic":
         parser.error(f"{args.model}: trained on {trained.data.kind!r} data; the probe needs the synthetic birds")
     test = trained.dataset("test")
     count = min(args.images, len(test))
+    if count <= FIT:
+        parser.error(f"{args.model}: the test split has {len(test)} images; the probe needs more than {FIT}")
     x, _ = load_images(test, torch.arange(count))
     background = x[:, :, 1, 1]                                               # [N, 3] in [-1, 1]
     rows = [("input pixels, 8x8 average-pooled", ridge_r2(F.avg_pool2d(x, 8), background))]
